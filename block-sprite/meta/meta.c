@@ -1,0 +1,312 @@
+/*
+ * Sprite metadata: the local SQLite database of a volume (see meta.h)
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <errno.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include "sprite/objstore.h"
+#include "meta/meta.h"
+
+struct SpriteMeta {
+    sqlite3 *db;
+    char *path;
+    sqlite3_stmt *get;
+    sqlite3_stmt *set;
+    sqlite3_stmt *del_window;
+    sqlite3_stmt *ins_extent;
+    sqlite3_stmt *ins_segment;
+};
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS volume("
+    "  key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS extents("
+    "  start INTEGER PRIMARY KEY, length INTEGER NOT NULL,"
+    "  kind INTEGER NOT NULL, seg INTEGER NOT NULL,"
+    "  data_off INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS segments("
+    "  seq INTEGER PRIMARY KEY, header_len INTEGER NOT NULL,"
+    "  data_len INTEGER NOT NULL);"
+    "INSERT OR IGNORE INTO volume VALUES ('format', '1');";
+
+static int sql_error(SpriteMeta *m, int rc, const char *what, GError **errp)
+{
+    g_set_error(errp, SPRITE_ERROR, EIO, "metadata database %s: %s: %s",
+                m->path, what, sqlite3_errstr(rc));
+    return -EIO;
+}
+
+static int exec(SpriteMeta *m, const char *sql, GError **errp)
+{
+    int rc = sqlite3_exec(m->db, sql, NULL, NULL, NULL);
+
+    return rc == SQLITE_OK ? 0 : sql_error(m, rc, sql, errp);
+}
+
+static int prepare(SpriteMeta *m, const char *sql, sqlite3_stmt **st,
+                   GError **errp)
+{
+    int rc = sqlite3_prepare_v3(m->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+                                st, NULL);
+
+    return rc == SQLITE_OK ? 0 : sql_error(m, rc, sql, errp);
+}
+
+void sprite_meta_close(SpriteMeta *m)
+{
+    if (!m) {
+        return;
+    }
+    sqlite3_finalize(m->get);
+    sqlite3_finalize(m->set);
+    sqlite3_finalize(m->del_window);
+    sqlite3_finalize(m->ins_extent);
+    sqlite3_finalize(m->ins_segment);
+    sqlite3_close(m->db);
+    g_free(m->path);
+    g_free(m);
+}
+
+int sprite_meta_open(const char *path, SpriteMeta **out, GError **errp)
+{
+    SpriteMeta *m = g_new0(SpriteMeta, 1);
+    int rc, ret;
+
+    m->path = g_strdup(path);
+    rc = sqlite3_open_v2(path, &m->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                         SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        ret = sql_error(m, rc, "open", errp);
+        goto fail;
+    }
+    /*
+     * The database is a cache of the object store (segments are the
+     * journal), so losing its last commits to a power cut is repaired by
+     * rolling forward: NORMAL is enough.
+     */
+    ret = exec(m, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = exec(m, schema, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if ((ret = prepare(m, "SELECT value FROM volume WHERE key = ?1",
+                       &m->get, errp)) < 0 ||
+        (ret = prepare(m, "INSERT OR REPLACE INTO volume VALUES (?1, ?2)",
+                       &m->set, errp)) < 0 ||
+        (ret = prepare(m, "DELETE FROM extents WHERE start >= ?1 AND "
+                       "start < ?2", &m->del_window, errp)) < 0 ||
+        (ret = prepare(m, "INSERT INTO extents VALUES (?1, ?2, ?3, ?4, ?5)",
+                       &m->ins_extent, errp)) < 0 ||
+        (ret = prepare(m, "INSERT OR REPLACE INTO segments VALUES "
+                       "(?1, ?2, ?3)", &m->ins_segment, errp)) < 0) {
+        goto fail;
+    }
+    *out = m;
+    return 0;
+
+fail:
+    sprite_meta_close(m);
+    return ret;
+}
+
+int sprite_meta_get(SpriteMeta *m, const char *key, char **value,
+                    GError **errp)
+{
+    int rc;
+
+    sqlite3_bind_text(m->get, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(m->get);
+    if (rc == SQLITE_ROW) {
+        *value = g_strdup((const char *)sqlite3_column_text(m->get, 0));
+    }
+    sqlite3_reset(m->get);
+    if (rc == SQLITE_DONE) {
+        *value = NULL;
+        return -ENOENT;
+    }
+    return rc == SQLITE_ROW ? 0 : sql_error(m, rc, "read", errp);
+}
+
+int sprite_meta_get_u64(SpriteMeta *m, const char *key, uint64_t *value,
+                        GError **errp)
+{
+    g_autofree char *s = NULL;
+    int ret = sprite_meta_get(m, key, &s, errp);
+
+    if (ret == 0) {
+        *value = g_ascii_strtoull(s, NULL, 10);
+    }
+    return ret;
+}
+
+int sprite_meta_set(SpriteMeta *m, const char *key, const char *value,
+                    GError **errp)
+{
+    int rc;
+
+    sqlite3_bind_text(m->set, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(m->set, 2, value, -1, SQLITE_STATIC);
+    rc = sqlite3_step(m->set);
+    sqlite3_reset(m->set);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "write", errp);
+}
+
+int sprite_meta_set_u64(SpriteMeta *m, const char *key, uint64_t value,
+                        GError **errp)
+{
+    g_autofree char *s = g_strdup_printf("%" G_GUINT64_FORMAT, value);
+
+    return sprite_meta_set(m, key, s, errp);
+}
+
+int sprite_meta_begin(SpriteMeta *m, GError **errp)
+{
+    return exec(m, "BEGIN IMMEDIATE", errp);
+}
+
+int sprite_meta_commit(SpriteMeta *m, GError **errp)
+{
+    return exec(m, "COMMIT", errp);
+}
+
+void sprite_meta_rollback(SpriteMeta *m)
+{
+    sqlite3_exec(m->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
+                             GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT start, length, kind, seg, data_off FROM extents",
+                  &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        SpriteExtent e = {
+            .start = sqlite3_column_int64(st, 0),
+            .len = sqlite3_column_int64(st, 1),
+            .kind = sqlite3_column_int(st, 2),
+            .seg = sqlite3_column_int64(st, 3),
+            .data_off = sqlite3_column_int64(st, 4),
+        };
+        if (e.len == 0 ||
+            (e.kind != SPRITE_EXT_DATA && e.kind != SPRITE_EXT_ZERO)) {
+            sqlite3_finalize(st);
+            g_set_error(errp, SPRITE_ERROR, EIO,
+                        "metadata database %s: invalid extent at %"
+                        G_GUINT64_FORMAT, m->path, e.start);
+            return -EIO;
+        }
+        sprite_extmap_set(map, &e, NULL, NULL);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "load extents", errp);
+}
+
+typedef struct StoreCtx {
+    SpriteMeta *m;
+    int rc;
+} StoreCtx;
+
+static bool store_one(const SpriteExtent *e, void *opaque)
+{
+    StoreCtx *c = opaque;
+    sqlite3_stmt *st = c->m->ins_extent;
+
+    sqlite3_bind_int64(st, 1, e->start);
+    sqlite3_bind_int64(st, 2, e->len);
+    sqlite3_bind_int(st, 3, e->kind);
+    sqlite3_bind_int64(st, 4, e->seg);
+    sqlite3_bind_int64(st, 5, e->data_off);
+    c->rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return c->rc == SQLITE_DONE;
+}
+
+int sprite_meta_store_window(SpriteMeta *m, SpriteExtmap *map,
+                             uint64_t lo, uint64_t hi, GError **errp)
+{
+    StoreCtx c = { .m = m, .rc = SQLITE_DONE };
+    int rc;
+
+    sqlite3_bind_int64(m->del_window, 1, lo);
+    sqlite3_bind_int64(m->del_window, 2, hi);
+    rc = sqlite3_step(m->del_window);
+    sqlite3_reset(m->del_window);
+    if (rc != SQLITE_DONE) {
+        return sql_error(m, rc, "delete extents", errp);
+    }
+    sprite_extmap_foreach(map, lo, hi, store_one, &c);
+    return c.rc == SQLITE_DONE ? 0 : sql_error(m, c.rc, "insert extent", errp);
+}
+
+int sprite_meta_add_segment(SpriteMeta *m, uint64_t seq,
+                            uint32_t header_len, uint64_t data_len,
+                            GError **errp)
+{
+    int rc;
+
+    sqlite3_bind_int64(m->ins_segment, 1, seq);
+    sqlite3_bind_int64(m->ins_segment, 2, header_len);
+    sqlite3_bind_int64(m->ins_segment, 3, data_len);
+    rc = sqlite3_step(m->ins_segment);
+    sqlite3_reset(m->ins_segment);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "insert segment", errp);
+}
+
+int sprite_meta_segment_bytes(SpriteMeta *m, uint64_t *bytes, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT COALESCE(SUM(header_len + data_len), 0) "
+                  "FROM segments", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *bytes = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : sql_error(m, rc, "sum segments", errp);
+}
+
+int sprite_meta_export(SpriteMeta *m, GBytes **out, GError **errp)
+{
+    g_autofree char *tmp = g_strdup_printf("%s.export", m->path);
+    g_autofree char *sql = NULL;
+    g_autoptr(GError) local = NULL;
+    char *data;
+    gsize len;
+    int ret;
+
+    unlink(tmp);
+    sql = sqlite3_mprintf("VACUUM INTO %Q", tmp);
+    ret = exec(m, sql, errp);
+    sqlite3_free(g_steal_pointer(&sql));
+    if (ret < 0) {
+        return ret;
+    }
+    if (!g_file_get_contents(tmp, &data, &len, &local)) {
+        unlink(tmp);
+        g_set_error(errp, SPRITE_ERROR, EIO, "metadata export: %s",
+                    local->message);
+        return -EIO;
+    }
+    unlink(tmp);
+    *out = g_bytes_new_take(data, len);
+    return 0;
+}

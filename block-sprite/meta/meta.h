@@ -1,0 +1,72 @@
+/*
+ * Sprite metadata: the local SQLite database of a volume
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The database lives in the volume's cache directory (WAL mode) and is a
+ * cache of the object store's truth: it is only ever updated after the
+ * segments it describes are durable (invariant I3 in docs/durability.md),
+ * and a copy of it is shipped as a metadata snapshot (store/segment.h).
+ *
+ * Schema (format 1):
+ *   volume(key TEXT PRIMARY KEY, value)       -- facts, see SPRITE_META_*
+ *   extents(start INTEGER PRIMARY KEY, length, kind, seg, data_off)
+ *                                             -- the live extent map
+ *   segments(seq INTEGER PRIMARY KEY, header_len, data_len)
+ *                                             -- segments on the store
+ *
+ * Not thread-safe: the volume serialises access.
+ */
+#ifndef SPRITE_META_H
+#define SPRITE_META_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "meta/extmap.h"
+
+#define SPRITE_META_FORMAT "format"     /* schema version, 1 */
+#define SPRITE_META_UUID "uuid"         /* the volume's uuid */
+#define SPRITE_META_SIZE "size"         /* volume size in bytes */
+#define SPRITE_META_SEQ "seq"           /* newest segment applied */
+
+typedef struct SpriteMeta SpriteMeta;
+
+/* Open (creating if absent) the database at @path. */
+int sprite_meta_open(const char *path, SpriteMeta **out, GError **errp);
+void sprite_meta_close(SpriteMeta *m);
+
+int sprite_meta_get(SpriteMeta *m, const char *key, char **value,
+                    GError **errp);
+int sprite_meta_get_u64(SpriteMeta *m, const char *key, uint64_t *value,
+                        GError **errp);
+int sprite_meta_set(SpriteMeta *m, const char *key, const char *value,
+                    GError **errp);
+int sprite_meta_set_u64(SpriteMeta *m, const char *key, uint64_t value,
+                        GError **errp);
+
+int sprite_meta_begin(SpriteMeta *m, GError **errp);
+int sprite_meta_commit(SpriteMeta *m, GError **errp);
+void sprite_meta_rollback(SpriteMeta *m);
+
+/* Load every extent into @map. */
+int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
+                             GError **errp);
+
+/* Make the extents starting in [@lo, @hi) those of @map. */
+int sprite_meta_store_window(SpriteMeta *m, SpriteExtmap *map,
+                             uint64_t lo, uint64_t hi, GError **errp);
+
+int sprite_meta_add_segment(SpriteMeta *m, uint64_t seq,
+                            uint32_t header_len, uint64_t data_len,
+                            GError **errp);
+
+/* Total bytes of the segments recorded. */
+int sprite_meta_segment_bytes(SpriteMeta *m, uint64_t *bytes,
+                              GError **errp);
+
+/* A consistent copy of the database as bytes (caller unrefs). */
+int sprite_meta_export(SpriteMeta *m, GBytes **out, GError **errp);
+
+#endif /* SPRITE_META_H */

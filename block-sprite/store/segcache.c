@@ -1,0 +1,468 @@
+/*
+ * Sprite segment cache (see segcache.h)
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/segcache.h"
+#include "store/segment.h"
+
+/* Chunks fetched beyond the last one asked for, for sequential reads. */
+#define READAHEAD_CHUNKS 15
+
+typedef struct CachedSeg {
+    uint64_t seq;
+    int fd;
+    SpriteSegHeader *h;
+    uint8_t *verified;          /* one byte per chunk */
+    uint64_t bytes;             /* bytes accounted to the cache */
+    GList link;                 /* in the LRU list, data = this */
+} CachedSeg;
+
+struct SpriteSegCache {
+    SpriteObjstore *os;
+    char *volume;
+    char *dir;
+    uint64_t limit;
+    uint64_t used;
+    GHashTable *segs;           /* seq -> CachedSeg */
+    GQueue lru;                 /* head: least recently used */
+};
+
+static char *seg_path(SpriteSegCache *c, uint64_t seq)
+{
+    return g_strdup_printf("%s/%016" G_GINT64_MODIFIER "x", c->dir, seq);
+}
+
+static void cached_seg_free(gpointer p)
+{
+    CachedSeg *s = p;
+
+    if (s->fd >= 0) {
+        close(s->fd);
+    }
+    sprite_seg_header_free(s->h);
+    g_free(s->verified);
+    g_free(s);
+}
+
+/* Drop @s from the cache's tables (not its file). */
+static void forget(SpriteSegCache *c, CachedSeg *s)
+{
+    c->used -= MIN(c->used, s->bytes);
+    g_queue_unlink(&c->lru, &s->link);
+    g_hash_table_remove(c->segs, &s->seq);
+}
+
+/* Track @seq, whose file holds @bytes already, as least recently used. */
+static CachedSeg *add_seg(SpriteSegCache *c, uint64_t seq, uint64_t bytes)
+{
+    CachedSeg *s = g_new0(CachedSeg, 1);
+
+    s->seq = seq;
+    s->fd = -1;
+    s->bytes = bytes;
+    s->link.data = s;
+    c->used += bytes;
+    g_hash_table_insert(c->segs, &s->seq, s);
+    g_queue_push_head_link(&c->lru, &s->link);
+    return s;
+}
+
+static void evict(SpriteSegCache *c, CachedSeg *keep)
+{
+    while (c->used > c->limit) {
+        GList *l = c->lru.head;
+        CachedSeg *s;
+        g_autofree char *path = NULL;
+
+        if (!l || l->data == keep) {
+            break;
+        }
+        s = l->data;
+        path = seg_path(c, s->seq);
+        unlink(path);
+        forget(c, s);
+    }
+}
+
+static void touch(SpriteSegCache *c, CachedSeg *s)
+{
+    g_queue_unlink(&c->lru, &s->link);
+    g_queue_push_tail_link(&c->lru, &s->link);
+}
+
+static void account(SpriteSegCache *c, CachedSeg *s, uint64_t bytes)
+{
+    s->bytes += bytes;
+    c->used += bytes;
+    evict(c, s);
+}
+
+int sprite_segcache_open(SpriteObjstore *os, const char *volume,
+                         const char *dir, uint64_t limit,
+                         SpriteSegCache **out, GError **errp)
+{
+    SpriteSegCache *c;
+    DIR *d;
+    struct dirent *de;
+
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        int err = errno;
+        g_set_error(errp, SPRITE_ERROR, err, "cannot create cache "
+                    "directory %s: %s", dir, g_strerror(err));
+        return -err;
+    }
+    c = g_new0(SpriteSegCache, 1);
+    c->os = os;
+    c->volume = g_strdup(volume);
+    c->dir = g_strdup(dir);
+    c->limit = limit;
+    c->segs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
+                                    cached_seg_free);
+    g_queue_init(&c->lru);
+
+    /* What an earlier run left counts against the bound. */
+    d = opendir(dir);
+    while (d && (de = readdir(d))) {
+        struct stat st;
+        g_autofree char *p = g_strdup_printf("%s/%s", dir, de->d_name);
+        uint64_t seq;
+
+        if (sprite_key_parse_seq(p, &seq) && stat(p, &st) == 0) {
+            add_seg(c, seq, (uint64_t)st.st_blocks * 512);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+    *out = c;
+    return 0;
+}
+
+void sprite_segcache_close(SpriteSegCache *c)
+{
+    if (c) {
+        g_hash_table_destroy(c->segs);
+        g_free(c->volume);
+        g_free(c->dir);
+        g_free(c);
+    }
+}
+
+void sprite_segcache_drop_all(SpriteSegCache *c)
+{
+    GHashTableIter it;
+    gpointer v;
+
+    g_hash_table_iter_init(&it, c->segs);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        CachedSeg *s = v;
+        g_autofree char *path = seg_path(c, s->seq);
+
+        unlink(path);
+    }
+    g_hash_table_remove_all(c->segs);
+    g_queue_init(&c->lru);
+    c->used = 0;
+}
+
+uint64_t sprite_segcache_used(SpriteSegCache *c)
+{
+    return c->used;
+}
+
+static int io_error(int err, GError **errp, const char *what,
+                    const char *path)
+{
+    g_set_error(errp, SPRITE_ERROR, err, "cache %s %s: %s", what, path,
+                g_strerror(err));
+    return -err;
+}
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, off + done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -errno;
+        }
+        if (n == 0) {
+            memset((uint8_t *)buf + done, 0, len - done);
+            break;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pwrite(fd, (const uint8_t *)buf + done, len - done,
+                           off + done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -errno;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+/* Fetch [@off, @off + @len) of segment @seq, which must all exist. */
+static int fetch(SpriteSegCache *c, uint64_t seq, uint64_t off, size_t len,
+                 void *buf, GError **errp)
+{
+    g_autofree char *key = sprite_key_segment(c->volume, seq);
+    size_t got;
+    int ret;
+
+    ret = sprite_objstore_get(c->os, key, off, len, buf, &got, errp);
+    if (ret == -ENOENT) {
+        g_clear_error(errp);
+        g_set_error(errp, SPRITE_ERROR, EIO, "segment %s is missing from "
+                    "%s", key, sprite_objstore_describe(c->os));
+        return -EIO;
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (got != len) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "segment %s is truncated "
+                    "(%zu bytes at %" G_GUINT64_FORMAT ", wanted %zu)",
+                    key, got, off, len);
+        return -EIO;
+    }
+    return 0;
+}
+
+static int load(SpriteSegCache *c, uint64_t seq, CachedSeg **out,
+                GError **errp)
+{
+    g_autofree char *path = seg_path(c, seq);
+    g_autofree uint8_t *buf = NULL;
+    CachedSeg *s = g_hash_table_lookup(c->segs, &seq);
+    SpriteSegHeader *h = NULL;
+    uint32_t need = SPRITE_SEG_ALIGN;
+    bool from_cache = true;
+    int fd, ret;
+
+    if (s && s->h) {
+        touch(c, s);
+        *out = s;
+        return 0;
+    }
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return io_error(errno, errp, "open", path);
+    }
+    for (;;) {
+        buf = g_realloc(buf, need);
+        if (from_cache) {
+            ret = pread_full(fd, buf, need, 0);
+            if (ret < 0) {
+                close(fd);
+                return io_error(-ret, errp, "read", path);
+            }
+        } else {
+            ret = fetch(c, seq, 0, need, buf, errp);
+            if (ret < 0) {
+                close(fd);
+                return ret;
+            }
+        }
+        ret = sprite_seg_header_decode(buf, need, seq, &h, &need,
+                                       from_cache ? NULL : errp);
+        if (ret == -EAGAIN) {
+            continue;
+        }
+        if (ret == 0) {
+            break;
+        }
+        if (!from_cache) {
+            close(fd);
+            return ret;
+        }
+        /* Not (or not wholly) in the cache: fetch it. */
+        from_cache = false;
+        need = SPRITE_SEG_ALIGN;
+    }
+
+    if (!s) {
+        s = add_seg(c, seq, 0);
+    }
+    s->fd = fd;
+    s->h = h;
+    s->verified = g_malloc0(MAX(h->nchunks, 1));
+    touch(c, s);
+    if (!from_cache) {
+        ret = pwrite_full(fd, buf, h->header_len, 0);
+        if (ret < 0) {
+            forget(c, s);
+            return io_error(-ret, errp, "write", path);
+        }
+        account(c, s, h->header_len);
+    }
+    *out = s;
+    return 0;
+}
+
+int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,
+                           const SpriteSegHeader **out, GError **errp)
+{
+    CachedSeg *s;
+    int ret = load(c, seq, &s, errp);
+
+    if (ret == 0) {
+        *out = s->h;
+    }
+    return ret;
+}
+
+/* Make chunks [@first, @last] of @s present and verified. */
+static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
+                       uint32_t last, GError **errp)
+{
+    const SpriteSegHeader *h = s->h;
+    g_autofree uint8_t *buf = NULL;
+    uint32_t i = first;
+
+    while (i <= last) {
+        uint32_t j, end;
+        uint64_t off, len;
+        int ret;
+
+        if (s->verified[i]) {
+            i++;
+            continue;
+        }
+        /* Already in the cache file? */
+        buf = g_realloc(buf, SPRITE_CHUNK_SIZE);
+        ret = pread_full(s->fd, buf, sprite_seg_chunk_len(h, i),
+                         h->header_len + (uint64_t)i * SPRITE_CHUNK_SIZE);
+        if (ret == 0 && sprite_seg_chunk_ok(h, i, buf)) {
+            s->verified[i] = 1;
+            i++;
+            continue;
+        }
+        /* Fetch a run of missing chunks, reading ahead past @last. */
+        end = MIN(h->nchunks - 1, last + READAHEAD_CHUNKS);
+        for (j = i + 1; j <= end && !s->verified[j]; j++) {
+            /* extend the run over chunks not known to be present */
+        }
+        end = j - 1;
+        off = (uint64_t)i * SPRITE_CHUNK_SIZE;
+        len = (uint64_t)(end - i) * SPRITE_CHUNK_SIZE +
+              sprite_seg_chunk_len(h, end);
+        buf = g_realloc(buf, len);
+        ret = fetch(c, s->seq, h->header_len + off, len, buf, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        for (j = i; j <= end; j++) {
+            if (sprite_seg_chunk_ok(h, j, buf + (uint64_t)(j - i) *
+                                    SPRITE_CHUNK_SIZE)) {
+                continue;
+            }
+            if (j > last) {
+                /* Read ahead into damage: keep what is good. */
+                end = j - 1;
+                len = (uint64_t)(end - i + 1) * SPRITE_CHUNK_SIZE;
+                break;
+            }
+            g_set_error(errp, SPRITE_ERROR, EIO, "segment %016"
+                        G_GINT64_MODIFIER "x: chunk %u does not match its "
+                        "checksum (corrupt object)", s->seq, j);
+            return -EIO;
+        }
+        ret = pwrite_full(s->fd, buf, len, h->header_len + off);
+        if (ret < 0) {
+            g_autofree char *path = seg_path(c, s->seq);
+            return io_error(-ret, errp, "write", path);
+        }
+        memset(s->verified + i, 1, end - i + 1);
+        account(c, s, len);
+        i = end + 1;
+    }
+    return 0;
+}
+
+int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+                         uint64_t len, void *buf, GError **errp)
+{
+    CachedSeg *s;
+    int ret;
+
+    ret = load(c, seq, &s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (data_off > s->h->data_len || len > s->h->data_len - data_off) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "segment %016"
+                    G_GINT64_MODIFIER "x: read past its data (corrupt "
+                    "metadata)", seq);
+        return -EIO;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    ret = fill_chunks(c, s, data_off / SPRITE_CHUNK_SIZE,
+                      (data_off + len - 1) / SPRITE_CHUNK_SIZE, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
+    if (ret < 0) {
+        g_autofree char *path = seg_path(c, seq);
+        return io_error(-ret, errp, "read", path);
+    }
+    return 0;
+}
+
+int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
+                           const void *obj, size_t len, GError **errp)
+{
+    g_autofree char *path = seg_path(c, seq);
+    CachedSeg *s;
+    int fd, ret;
+
+    s = g_hash_table_lookup(c->segs, &seq);
+    if (s) {
+        forget(c, s);
+    }
+    fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return io_error(errno, errp, "open", path);
+    }
+    ret = pwrite_full(fd, obj, len, 0);
+    close(fd);
+    if (ret < 0) {
+        unlink(path);
+        return io_error(-ret, errp, "write", path);
+    }
+    ret = load(c, seq, &s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    /* We just wrote these bytes: no need to check them again. */
+    memset(s->verified, 1, s->h->nchunks);
+    account(c, s, len);
+    return 0;
+}

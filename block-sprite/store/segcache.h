@@ -1,0 +1,58 @@
+/*
+ * Sprite segment cache: immutable segment objects, read through a local
+ * directory
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Each segment the volume reads is mirrored in a sparse file of the cache
+ * directory at the same offsets as in the object.  There is no map of
+ * which parts are present: a chunk is present when its bytes match the
+ * checksum in the segment header, which the cache checks the first time
+ * it uses the chunk after open (a hole, a torn write or a corrupt byte
+ * all fail it, and the chunk is fetched again).  Clean data is evicted,
+ * least recently used segment first, when the cache grows past its
+ * bound; segments being written are not in this cache (see volume.c).
+ *
+ * Not thread-safe: the volume serialises calls.
+ */
+#ifndef SPRITE_SEGCACHE_H
+#define SPRITE_SEGCACHE_H
+
+#include <glib.h>
+#include <stdint.h>
+
+#include "sprite/objstore.h"
+
+typedef struct SpriteSegCache SpriteSegCache;
+
+/* Cache segments of volume @volume on @os in directory @dir, bounded to
+ * @limit bytes. */
+int sprite_segcache_open(SpriteObjstore *os, const char *volume,
+                         const char *dir, uint64_t limit,
+                         SpriteSegCache **out, GError **errp);
+void sprite_segcache_close(SpriteSegCache *c);
+
+/*
+ * Read @len bytes at @data_off of the data of segment @seq into @buf,
+ * fetching from the store what the cache lacks (with read-ahead).
+ */
+int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+                         uint64_t len, void *buf, GError **errp);
+
+/* Add a segment just written to the store (@obj is the whole object). */
+int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
+                           const void *obj, size_t len, GError **errp);
+
+/* Fetch and check the header of segment @seq (caller frees *@out). */
+typedef struct SpriteSegHeader SpriteSegHeader;
+int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,
+                           const SpriteSegHeader **out, GError **errp);
+
+/* Forget everything cached (the files too). */
+void sprite_segcache_drop_all(SpriteSegCache *c);
+
+/* Bytes the cache holds now. */
+uint64_t sprite_segcache_used(SpriteSegCache *c);
+
+#endif /* SPRITE_SEGCACHE_H */

@@ -1,0 +1,1276 @@
+/*
+ * Sprite volume: composes object store, segment cache and metadata
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Data path.  A write is appended to the pending log (a file in the
+ * volume's cache directory) and mapped in the pending overlay; it is
+ * acknowledged then.  A flush turns the pending log into one segment
+ * object (header + data, see store/segment.h), PUTs it with
+ * If-None-Match, and only after the PUT succeeded applies its records to
+ * the durable extent map and the SQLite database (I3).  Reads look in the
+ * overlay, then the durable map, then the base volume; what none maps
+ * reads as zeroes.
+ *
+ * Metadata.  Every SNAPSHOT_EVERY segments, and at close, a copy of the
+ * database is uploaded as a metadata snapshot, so that opening on a host
+ * with an empty cache costs one snapshot plus the segments after it.
+ *
+ * Locking.  @lock protects everything below it in SpriteVolume.  It is
+ * held across a flush's upload, so other I/O waits for a flush to end.
+ * A base volume has its own lock, taken with ours held: the lock order
+ * is clone, then base.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "sprite/volume.h"
+#include "meta/extmap.h"
+#include "meta/meta.h"
+#include "store/segcache.h"
+#include "store/segment.h"
+
+/* Pending bytes that trigger an upload without waiting for a flush. */
+#define PENDING_MAX (32u << 20)
+/* Upload a metadata snapshot after this many segments. */
+#define SNAPSHOT_EVERY 64
+/* Attempts of one object store request before giving up. */
+#define PUT_ATTEMPTS 5
+
+struct SpriteVolume {
+    SpriteUrl *url;
+    char *url_str;
+    SpriteObjstore *os;
+    SpriteVolume *base;
+    char *base_url;
+    uint64_t base_seq;          /* the base's segment we are pinned to */
+    uint64_t pin_seq;           /* opened as a base: stop at this segment */
+    bool read_only;
+    char *dir;                  /* this volume's cache directory */
+    bool private_dir;           /* a temporary directory, removed at close */
+    int lock_fd;
+
+    GMutex lock;
+    /* Protected by @lock */
+    uint64_t size;
+    uint64_t seq;               /* newest durable segment */
+    uint64_t snap_seq;          /* newest uploaded metadata snapshot */
+    bool size_dirty;            /* size changed since the last segment */
+    bool fenced;                /* another writer wrote our next segment */
+    SpriteMeta *meta;
+    SpriteExtmap *map;          /* durable extents */
+    SpriteExtmap *pending;      /* unflushed writes, by volume offset */
+    GArray *records;            /* SpriteRecord of the pending log */
+    int pend_fd;
+    uint64_t pend_len;
+    SpriteSegCache *cache;
+};
+
+static int errno_error(GError **errp, int err, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static int errno_error(GError **errp, int err, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *msg = NULL;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(errp, SPRITE_ERROR, err, "%s: %s", msg, g_strerror(err));
+    return -err;
+}
+
+static SpriteObjstore *open_store(const SpriteVolumeOptions *o,
+                                  const SpriteUrl *u, GError **errp)
+{
+    SpriteObjstoreConfig cfg = {
+        .url = u,
+        .access_key_id = o->access_key_id,
+        .secret_access_key = o->secret_access_key,
+        .region = o->region,
+        .sslverify = !o->no_sslverify,
+        .cafile = o->cafile,
+    };
+    SpriteObjstore *os;
+
+    if (sprite_objstore_open(&cfg, &os, errp) < 0) {
+        return NULL;
+    }
+    if (sprite_objstore_check(os, errp) < 0) {
+        sprite_objstore_close(os);
+        return NULL;
+    }
+    return os;
+}
+
+/* ------------------------------------------------------------------ */
+/* Descriptor */
+
+typedef struct Descriptor {
+    char *uuid;
+    uint64_t size;
+    char *base;
+    uint64_t base_seq;
+} Descriptor;
+
+static void descriptor_clear(Descriptor *d)
+{
+    g_free(d->uuid);
+    g_free(d->base);
+}
+
+static int read_descriptor(SpriteObjstore *os, const SpriteUrl *u,
+                           Descriptor *d, GError **errp)
+{
+    g_autofree char *key = sprite_key_descriptor(u->volume);
+    g_autofree char *body = NULL;
+    g_autoptr(GBytes) obj = NULL;
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) local = NULL;
+    g_autofree char *url = sprite_url_to_string(u);
+    int ret;
+
+    ret = sprite_objstore_get_all(os, key, &obj, errp);
+    if (ret == -ENOENT) {
+        g_clear_error(errp);
+        g_set_error(errp, SPRITE_ERROR, ENOENT,
+                    "volume '%s' does not exist on %s", url,
+                    sprite_objstore_describe(os));
+        return ret;
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    ret = sprite_desc_decode(obj, &body, errp);
+    if (ret < 0) {
+        g_prefix_error(errp, "volume '%s': ", url);
+        return ret;
+    }
+    if (!g_key_file_load_from_data(kf, body, -1, G_KEY_FILE_NONE, &local)) {
+        g_set_error(errp, SPRITE_ERROR, EIO,
+                    "volume '%s': unreadable descriptor: %s", url,
+                    local->message);
+        return -EIO;
+    }
+    d->uuid = g_key_file_get_string(kf, "volume", "uuid", NULL);
+    d->size = g_key_file_get_uint64(kf, "volume", "size", NULL);
+    d->base = g_key_file_get_string(kf, "volume", "base", NULL);
+    d->base_seq = g_key_file_get_uint64(kf, "volume", "base-seq", NULL);
+    if (!d->uuid || d->size == 0 || d->size % SPRITE_SECTOR_SIZE) {
+        g_set_error(errp, SPRITE_ERROR, EIO,
+                    "volume '%s': invalid descriptor", url);
+        descriptor_clear(d);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Cache directory and metadata */
+
+static char *default_cache_root(void)
+{
+    return g_build_filename(g_get_user_cache_dir(), "sprite", NULL);
+}
+
+/*
+ * The cache directory of a volume is keyed by its URL (and, for a base,
+ * the segment it is pinned to), so that volumes never share one.
+ */
+static char *volume_cache_dir(const char *root, const char *url,
+                              const char *volume, uint64_t pin)
+{
+    g_autofree char *id = g_strdup_printf("%s@%" G_GUINT64_FORMAT, url, pin);
+    g_autofree char *hash = g_compute_checksum_for_string(G_CHECKSUM_SHA256,
+                                                          id, -1);
+    g_autofree char *leaf = g_strdup_printf("%.16s-%s", hash, volume);
+
+    return g_build_filename(root, leaf, NULL);
+}
+
+static void remove_tree(const char *path)
+{
+    GDir *d = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(path, name, NULL);
+
+        if (g_file_test(p, G_FILE_TEST_IS_DIR) &&
+            !g_file_test(p, G_FILE_TEST_IS_SYMLINK)) {
+            remove_tree(p);
+        } else {
+            unlink(p);
+        }
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    rmdir(path);
+}
+
+/*
+ * Take the cache directory for this process.  A writer must have it; a
+ * reader that finds it taken by another process works in a private
+ * temporary directory instead.
+ */
+static int lock_cache_dir(SpriteVolume *v, GError **errp)
+{
+    g_autofree char *lock = NULL;
+
+    if (g_mkdir_with_parents(v->dir, 0700) < 0) {
+        return errno_error(errp, errno, "cannot create cache directory %s",
+                           v->dir);
+    }
+    lock = g_build_filename(v->dir, "lock", NULL);
+    v->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (v->lock_fd < 0) {
+        return errno_error(errp, errno, "cannot open %s", lock);
+    }
+    if (flock(v->lock_fd, LOCK_EX | LOCK_NB) == 0) {
+        return 0;
+    }
+    close(v->lock_fd);
+    v->lock_fd = -1;
+    if (!v->read_only) {
+        g_set_error(errp, SPRITE_ERROR, EBUSY,
+                    "volume '%s' is already open for writing by another "
+                    "process using cache directory %s", v->url_str, v->dir);
+        return -EBUSY;
+    }
+    g_free(v->dir);
+    v->dir = g_dir_make_tmp("sprite-ro-XXXXXX", NULL);
+    if (!v->dir) {
+        return errno_error(errp, errno, "cannot create a temporary cache "
+                           "directory");
+    }
+    v->private_dir = true;
+    return 0;
+}
+
+static char *meta_path(SpriteVolume *v)
+{
+    return g_build_filename(v->dir, "meta.db", NULL);
+}
+
+static void remove_meta(SpriteVolume *v)
+{
+    g_autofree char *p = meta_path(v);
+    g_autofree char *wal = g_strdup_printf("%s-wal", p);
+    g_autofree char *shm = g_strdup_printf("%s-shm", p);
+
+    unlink(p);
+    unlink(wal);
+    unlink(shm);
+}
+
+typedef struct NewestSnap {
+    uint64_t pin;
+    uint64_t best;
+} NewestSnap;
+
+static int newest_snap_cb(const char *key, uint64_t size, void *opaque)
+{
+    NewestSnap *n = opaque;
+    uint64_t seq;
+
+    if (sprite_key_parse_seq(key, &seq) && seq <= n->pin && seq > n->best) {
+        n->best = seq;
+    }
+    return 0;
+}
+
+/*
+ * Replace the local database with the newest metadata snapshot on the
+ * store that is not after our pin (or an empty one without snapshots).
+ */
+static int restore_meta(SpriteVolume *v, const Descriptor *d, GError **errp)
+{
+    g_autofree char *prefix = g_strdup_printf("%s/meta/", v->url->volume);
+    g_autofree char *path = meta_path(v);
+    NewestSnap n = { .pin = v->pin_seq ? v->pin_seq : UINT64_MAX };
+    int ret;
+
+    sprite_meta_close(v->meta);
+    v->meta = NULL;
+    remove_meta(v);
+    sprite_segcache_drop_all(v->cache);
+
+    ret = sprite_objstore_list(v->os, prefix, NULL, newest_snap_cb, &n, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (n.best) {
+        g_autofree char *key = sprite_key_snapshot(v->url->volume, n.best);
+        g_autoptr(GBytes) obj = NULL;
+        g_autoptr(GError) local = NULL;
+        const void *db;
+        size_t len;
+        uint64_t seq;
+
+        ret = sprite_objstore_get_all(v->os, key, &obj, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = sprite_snap_decode(obj, &seq, &db, &len, errp);
+        if (ret == 0 && seq != n.best) {
+            g_set_error(errp, SPRITE_ERROR, EIO, "metadata snapshot %s "
+                        "claims segment %" G_GUINT64_FORMAT, key, seq);
+            ret = -EIO;
+        }
+        if (ret < 0) {
+            g_prefix_error(errp, "volume '%s': ", v->url_str);
+            return ret;
+        }
+        if (!g_file_set_contents(path, db, len, &local)) {
+            g_set_error(errp, SPRITE_ERROR, EIO, "cannot write %s: %s",
+                        path, local->message);
+            return -EIO;
+        }
+    }
+    ret = sprite_meta_open(path, &v->meta, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!n.best) {
+        if ((ret = sprite_meta_set(v->meta, SPRITE_META_UUID, d->uuid,
+                                   errp)) < 0 ||
+            (ret = sprite_meta_set_u64(v->meta, SPRITE_META_SIZE, d->size,
+                                       errp)) < 0 ||
+            (ret = sprite_meta_set_u64(v->meta, SPRITE_META_SEQ, 0,
+                                       errp)) < 0) {
+            return ret;
+        }
+    }
+    v->snap_seq = n.best;
+    return 0;
+}
+
+/* Apply the records of segment @h to the durable map and database. */
+static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
+                         GError **errp)
+{
+    uint32_t i;
+    int ret;
+
+    ret = sprite_meta_begin(v->meta, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < h->nrecords; i++) {
+        const SpriteRecord *r = &h->records[i];
+        SpriteExtent e = {
+            .start = r->offset,
+            .len = r->length,
+            .seg = h->seq,
+            .data_off = r->data_off,
+            .kind = r->kind == SPRITE_REC_DATA ? SPRITE_EXT_DATA :
+                    v->base ? SPRITE_EXT_ZERO : SPRITE_EXT_NONE,
+        };
+        uint64_t lo, hi;
+
+        sprite_extmap_set(v->map, &e, &lo, &hi);
+        ret = sprite_meta_store_window(v->meta, v->map, lo, hi, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if ((ret = sprite_meta_add_segment(v->meta, h->seq, h->header_len,
+                                       h->data_len, errp)) < 0 ||
+        (ret = sprite_meta_set_u64(v->meta, SPRITE_META_SEQ, h->seq,
+                                   errp)) < 0 ||
+        (ret = sprite_meta_set_u64(v->meta, SPRITE_META_SIZE,
+                                   h->volume_size, errp)) < 0 ||
+        (ret = sprite_meta_commit(v->meta, errp)) < 0) {
+        goto fail;
+    }
+    v->seq = h->seq;
+    v->size = h->volume_size;
+    return 0;
+
+fail:
+    /* The map is ahead of the database now: the caller reloads both. */
+    sprite_meta_rollback(v->meta);
+    return ret;
+}
+
+typedef struct RollCtx {
+    SpriteVolume *v;
+    GArray *seqs;
+    GError **errp;
+    int ret;
+} RollCtx;
+
+static int roll_list_cb(const char *key, uint64_t size, void *opaque)
+{
+    RollCtx *c = opaque;
+    uint64_t seq;
+
+    if (sprite_key_parse_seq(key, &seq)) {
+        g_array_append_val(c->seqs, seq);
+    }
+    return 0;
+}
+
+/* Apply the segments on the store after v->seq (up to the pin). */
+static int roll_forward(SpriteVolume *v, GError **errp)
+{
+    g_autofree char *prefix = g_strdup_printf("%s/seg/", v->url->volume);
+    g_autofree char *after = sprite_key_segment(v->url->volume, v->seq);
+    g_autoptr(GArray) seqs = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    RollCtx c = { .v = v, .seqs = seqs, .errp = errp };
+    guint i;
+    int ret;
+
+    ret = sprite_objstore_list(v->os, prefix, v->seq ? after : NULL,
+                               roll_list_cb, &c, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < seqs->len; i++) {
+        uint64_t seq = g_array_index(seqs, uint64_t, i);
+        const SpriteSegHeader *h;
+
+        if (v->pin_seq && seq > v->pin_seq) {
+            break;
+        }
+        if (seq != v->seq + 1) {
+            g_set_error(errp, SPRITE_ERROR, EIO,
+                        "volume '%s': segment %016" G_GINT64_MODIFIER "x "
+                        "follows %016" G_GINT64_MODIFIER "x: segments are "
+                        "missing from the object store", v->url_str, seq,
+                        v->seq);
+            return -EIO;
+        }
+        ret = sprite_segcache_header(v->cache, seq, &h, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = apply_segment(v, h, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (v->pin_seq && v->seq != v->pin_seq) {
+        g_set_error(errp, SPRITE_ERROR, EIO,
+                    "base volume '%s' lacks segment %016" G_GINT64_MODIFIER
+                    "x that its clones depend on", v->url_str, v->pin_seq);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* Is the local database a faithful prefix of what the store holds? */
+static int local_meta_usable(SpriteVolume *v, const Descriptor *d,
+                             bool *usable, GError **errp)
+{
+    g_autofree char *uuid = NULL;
+    g_autofree char *key = NULL;
+    uint64_t seq, size;
+    int ret;
+
+    *usable = false;
+    if (sprite_meta_get(v->meta, SPRITE_META_UUID, &uuid, NULL) < 0 ||
+        g_strcmp0(uuid, d->uuid) != 0 ||
+        sprite_meta_get_u64(v->meta, SPRITE_META_SEQ, &seq, NULL) < 0 ||
+        sprite_meta_get_u64(v->meta, SPRITE_META_SIZE, &size, NULL) < 0 ||
+        (v->pin_seq && seq > v->pin_seq)) {
+        return 0;
+    }
+    if (seq > 0) {
+        /* A store that was reset under us no longer has our segment. */
+        key = sprite_key_segment(v->url->volume, seq);
+        ret = sprite_objstore_head(v->os, key, NULL, NULL, errp);
+        if (ret == -ENOENT) {
+            g_clear_error(errp);
+            return 0;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    v->seq = seq;
+    v->size = size;
+    *usable = true;
+    return 0;
+}
+
+static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
+{
+    g_autofree char *path = meta_path(v);
+    bool usable = false;
+    int ret;
+
+    if (sprite_meta_open(path, &v->meta, NULL) == 0) {
+        ret = local_meta_usable(v, d, &usable, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (usable) {
+        ret = sprite_meta_load_extents(v->meta, v->map, NULL);
+        usable = ret == 0;
+        sprite_meta_get_u64(v->meta, "snap-seq", &v->snap_seq, NULL);
+    }
+    if (!usable) {
+        sprite_extmap_clear(v->map);
+        ret = restore_meta(v, d, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = sprite_meta_get_u64(v->meta, SPRITE_META_SEQ, &v->seq, errp);
+        if (ret == 0) {
+            ret = sprite_meta_get_u64(v->meta, SPRITE_META_SIZE, &v->size,
+                                      errp);
+        }
+        if (ret == 0) {
+            ret = sprite_meta_load_extents(v->meta, v->map, errp);
+        }
+        if (ret < 0) {
+            g_prefix_error(errp, "volume '%s': ", v->url_str);
+            return ret;
+        }
+    }
+    return roll_forward(v, errp);
+}
+
+/* ------------------------------------------------------------------ */
+/* Open, close, create */
+
+static SpriteVolume *volume_new(void)
+{
+    SpriteVolume *v = g_new0(SpriteVolume, 1);
+
+    g_mutex_init(&v->lock);
+    v->lock_fd = -1;
+    v->pend_fd = -1;
+    v->map = sprite_extmap_new();
+    v->pending = sprite_extmap_new();
+    v->records = g_array_new(FALSE, FALSE, sizeof(SpriteRecord));
+    return v;
+}
+
+static void volume_free(SpriteVolume *v)
+{
+    if (v->base) {
+        sprite_volume_close(v->base);
+    }
+    sprite_meta_close(v->meta);
+    sprite_segcache_close(v->cache);
+    if (v->pend_fd >= 0) {
+        close(v->pend_fd);
+    }
+    if (v->lock_fd >= 0) {
+        close(v->lock_fd);
+    }
+    if (v->private_dir) {
+        remove_tree(v->dir);
+    }
+    sprite_objstore_close(v->os);
+    sprite_extmap_free(v->map);
+    sprite_extmap_free(v->pending);
+    g_array_free(v->records, TRUE);
+    sprite_url_free(v->url);
+    g_free(v->url_str);
+    g_free(v->base_url);
+    g_free(v->dir);
+    g_mutex_clear(&v->lock);
+    g_free(v);
+}
+
+static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
+                       SpriteVolume **out, GError **errp)
+{
+    SpriteVolume *v = volume_new();
+    Descriptor d = { 0 };
+    g_autofree char *root = NULL;
+    g_autofree char *segdir = NULL;
+    uint64_t limit = o->cache_size ? o->cache_size : SPRITE_DEFAULT_CACHE_SIZE;
+    int ret;
+
+    v->read_only = o->read_only || pin;
+    v->pin_seq = pin;
+    v->url = sprite_url_parse(o->url, errp);
+    if (!v->url) {
+        ret = -EINVAL;
+        goto fail;
+    }
+    v->url_str = sprite_url_to_string(v->url);
+    v->os = open_store(o, v->url, errp);
+    if (!v->os) {
+        ret = -EIO;
+        if (errp && *errp) {
+            ret = -(*errp)->code;
+        }
+        goto fail;
+    }
+    ret = read_descriptor(v->os, v->url, &d, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (d.base) {
+        SpriteVolumeOptions bo = *o;
+
+        bo.url = d.base;
+        bo.read_only = true;
+        ret = volume_open(&bo, d.base_seq, &v->base, errp);
+        if (ret < 0) {
+            g_prefix_error(errp, "base of volume '%s': ", v->url_str);
+            goto fail;
+        }
+        v->base_url = g_strdup(d.base);
+        v->base_seq = d.base_seq;
+    }
+
+    root = o->cache_dir ? g_strdup(o->cache_dir) : default_cache_root();
+    v->dir = volume_cache_dir(root, v->url_str, v->url->volume, pin);
+    ret = lock_cache_dir(v, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    segdir = g_build_filename(v->dir, "seg", NULL);
+    ret = sprite_segcache_open(v->os, v->url->volume, segdir, limit,
+                               &v->cache, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = load_metadata(v, &d, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (!v->read_only) {
+        g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
+
+        v->pend_fd = open(pend, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+                          0600);
+        if (v->pend_fd < 0) {
+            ret = errno_error(errp, errno, "cannot create %s", pend);
+            goto fail;
+        }
+    }
+    descriptor_clear(&d);
+    *out = v;
+    return 0;
+
+fail:
+    descriptor_clear(&d);
+    volume_free(v);
+    return ret;
+}
+
+int sprite_volume_open(const SpriteVolumeOptions *o, SpriteVolume **out,
+                       GError **errp)
+{
+    return volume_open(o, 0, out, errp);
+}
+
+int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
+                         const char *base_url, GError **errp)
+{
+    g_autoptr(SpriteUrl) u = NULL;
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GBytes) obj = NULL;
+    g_autofree char *uuid = g_uuid_string_random();
+    g_autofree char *body = NULL;
+    g_autofree char *key = NULL;
+    g_autofree char *url = NULL;
+    g_autofree char *canon_base = NULL;
+    SpriteObjstore *os;
+    uint64_t base_seq = 0;
+    int ret;
+
+    u = sprite_url_parse(o->url, errp);
+    if (!u) {
+        return -EINVAL;
+    }
+    url = sprite_url_to_string(u);
+    if (base_url) {
+        SpriteVolumeOptions bo = *o;
+        SpriteVolume *base;
+
+        bo.url = base_url;
+        bo.read_only = true;
+        ret = sprite_volume_open(&bo, &base, errp);
+        if (ret < 0) {
+            g_prefix_error(errp, "base volume: ");
+            return ret;
+        }
+        if (size == 0) {
+            size = base->size;
+        }
+        base_seq = base->seq;
+        canon_base = g_strdup(base->url_str);
+        if (size < base->size) {
+            sprite_volume_close(base);
+            g_set_error(errp, SPRITE_ERROR, EINVAL,
+                        "size %" G_GUINT64_FORMAT " is smaller than the "
+                        "base volume's", size);
+            return -EINVAL;
+        }
+        sprite_volume_close(base);
+        if (g_str_equal(canon_base, url)) {
+            g_set_error(errp, SPRITE_ERROR, EINVAL,
+                        "a volume cannot be its own base");
+            return -EINVAL;
+        }
+    }
+    if (size == 0 || size % SPRITE_SECTOR_SIZE || size > (1ULL << 62)) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL,
+                    "invalid volume size %" G_GUINT64_FORMAT ": it must be "
+                    "a positive multiple of %d bytes, at most 4 EiB", size,
+                    SPRITE_SECTOR_SIZE);
+        return -EINVAL;
+    }
+
+    os = open_store(o, u, errp);
+    if (!os) {
+        return errp && *errp ? -(*errp)->code : -EIO;
+    }
+    key = sprite_key_descriptor(u->volume);
+    /* Servers that ignore If-None-Match still get a check. */
+    ret = sprite_objstore_head(os, key, NULL, NULL, NULL);
+    if (ret == 0) {
+        ret = -EEXIST;
+    } else {
+        g_key_file_set_string(kf, "volume", "uuid", uuid);
+        g_key_file_set_uint64(kf, "volume", "size", size);
+        if (canon_base) {
+            g_key_file_set_string(kf, "volume", "base", canon_base);
+            g_key_file_set_uint64(kf, "volume", "base-seq", base_seq);
+        }
+        body = g_key_file_to_data(kf, NULL, NULL);
+        obj = sprite_desc_encode(body);
+        ret = sprite_objstore_put(os, key, g_bytes_get_data(obj, NULL),
+                                  g_bytes_get_size(obj),
+                                  SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
+    }
+    if (ret == -EEXIST) {
+        g_clear_error(errp);
+        g_set_error(errp, SPRITE_ERROR, EEXIST, "volume '%s' already exists",
+                    url);
+    }
+    sprite_objstore_close(os);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing and flushing */
+
+static int check_range(SpriteVolume *v, uint64_t offset, uint64_t len,
+                       GError **errp)
+{
+    if (offset > v->size || len > v->size - offset) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL,
+                    "request at %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT
+                    " is beyond the end of the volume (%" G_GUINT64_FORMAT
+                    " bytes)", offset, len, v->size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Called with v->lock held */
+static int check_writable(SpriteVolume *v, GError **errp)
+{
+    if (v->read_only) {
+        g_set_error(errp, SPRITE_ERROR, EROFS, "volume '%s' is open "
+                    "read-only", v->url_str);
+        return -EROFS;
+    }
+    if (v->fenced) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s' was written by "
+                    "another writer: this one has stopped", v->url_str);
+        return -EIO;
+    }
+    return 0;
+}
+
+static uint64_t iov_len(const struct iovec *iov, int iovcnt)
+{
+    uint64_t n = 0;
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        n += iov[i].iov_len;
+    }
+    return n;
+}
+
+static int commit_pending(SpriteVolume *v, GError **errp);
+
+/* Called with v->lock held */
+static int add_record(SpriteVolume *v, const SpriteRecord *r, GError **errp)
+{
+    SpriteExtent e = {
+        .start = r->offset,
+        .len = r->length,
+        .seg = 0,
+        .data_off = r->data_off,
+        .kind = r->kind == SPRITE_REC_DATA ? SPRITE_EXT_DATA : SPRITE_EXT_ZERO,
+    };
+
+    g_array_append_val(v->records, *r);
+    sprite_extmap_set(v->pending, &e, NULL, NULL);
+    if (v->pend_len >= PENDING_MAX) {
+        return commit_pending(v, errp);
+    }
+    return 0;
+}
+
+int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                         const struct iovec *iov, int iovcnt, GError **errp)
+{
+    SpriteRecord r = { .offset = offset, .length = len,
+                       .kind = SPRITE_REC_DATA };
+    uint64_t done = 0;
+    int ret, i;
+
+    g_assert(iov_len(iov, iovcnt) >= len);
+    if (len == 0) {
+        return 0;
+    }
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0) {
+        ret = check_range(v, offset, len, errp);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    r.data_off = v->pend_len;
+    for (i = 0; i < iovcnt && done < len; i++) {
+        size_t n = MIN(iov[i].iov_len, len - done);
+        size_t w = 0;
+
+        while (w < n) {
+            ssize_t k = pwrite(v->pend_fd, (uint8_t *)iov[i].iov_base + w,
+                               n - w, v->pend_len + done + w);
+            if (k < 0 && errno == EINTR) {
+                continue;
+            }
+            if (k < 0) {
+                ret = errno_error(errp, errno, "cannot write the pending "
+                                  "log of volume '%s'", v->url_str);
+                goto out;
+            }
+            w += k;
+        }
+        done += n;
+    }
+    v->pend_len += len;
+    ret = add_record(v, &r, errp);
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+static int write_zero_record(SpriteVolume *v, uint64_t offset, uint64_t len,
+                             GError **errp)
+{
+    SpriteRecord r = { .offset = offset, .length = len,
+                       .kind = SPRITE_REC_ZERO };
+    int ret;
+
+    if (len == 0) {
+        return 0;
+    }
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0) {
+        ret = check_range(v, offset, len, errp);
+    }
+    if (ret == 0) {
+        ret = add_record(v, &r, errp);
+    }
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+int sprite_volume_write_zeroes(SpriteVolume *v, uint64_t offset,
+                               uint64_t len, GError **errp)
+{
+    return write_zero_record(v, offset, len, errp);
+}
+
+int sprite_volume_discard(SpriteVolume *v, uint64_t offset, uint64_t len,
+                          GError **errp)
+{
+    /*
+     * A discarded range reads as zeroes: on a volume without base that
+     * is an unmapped range, on a clone an explicit zero extent, so that
+     * the base's bytes do not show through again.
+     */
+    return write_zero_record(v, offset, len, errp);
+}
+
+/* Called with v->lock held */
+static int upload_snapshot(SpriteVolume *v, GError **errp)
+{
+    g_autoptr(GBytes) db = NULL;
+    g_autoptr(GBytes) obj = NULL;
+    g_autofree char *key = NULL;
+    int ret;
+
+    ret = sprite_meta_set_u64(v->meta, "snap-seq", v->seq, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = sprite_meta_export(v->meta, &db, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    obj = sprite_snap_encode(v->seq, g_bytes_get_data(db, NULL),
+                             g_bytes_get_size(db));
+    key = sprite_key_snapshot(v->url->volume, v->seq);
+    ret = sprite_objstore_put(v->os, key, g_bytes_get_data(obj, NULL),
+                              g_bytes_get_size(obj), SPRITE_PUT_DEFAULT,
+                              NULL, NULL, errp);
+    if (ret == 0) {
+        v->snap_seq = v->seq;
+    }
+    return ret;
+}
+
+static int put_with_retry(SpriteVolume *v, const char *key, const void *data,
+                          size_t len, GError **errp)
+{
+    unsigned delay_ms = 100;
+    int attempt, ret = -EIO;
+
+    for (attempt = 1; attempt <= PUT_ATTEMPTS; attempt++) {
+        g_clear_error(errp);
+        ret = sprite_objstore_put(v->os, key, data, len,
+                                  SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
+        if (ret == 0 || ret == -EEXIST || ret == -EACCES || ret == -ENOENT) {
+            break;
+        }
+        g_usleep(delay_ms * 1000);
+        delay_ms *= 2;
+    }
+    return ret;
+}
+
+/*
+ * Turn the pending log into segment v->seq + 1 on the store, then map it.
+ * Called with v->lock held.
+ */
+static int commit_pending(SpriteVolume *v, GError **errp)
+{
+    g_autoptr(SpriteSegHeader) h = g_new0(SpriteSegHeader, 1);
+    g_autofree uint8_t *obj = NULL;
+    g_autofree char *key = NULL;
+    size_t total;
+    uint64_t done = 0;
+    int ret;
+
+    if (v->records->len == 0 && !v->size_dirty) {
+        return 0;
+    }
+    h->seq = v->seq + 1;
+    h->volume_size = v->size;
+    h->nrecords = v->records->len;
+    h->records = g_memdup2(v->records->data,
+                           sizeof(SpriteRecord) * v->records->len);
+    h->data_len = v->pend_len;
+    h->header_len = sprite_seg_header_len(h->nrecords, h->data_len);
+    total = h->header_len + h->data_len;
+    obj = g_malloc(total);
+    while (done < h->data_len) {
+        ssize_t k = pread(v->pend_fd, obj + h->header_len + done,
+                          h->data_len - done, done);
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            return errno_error(errp, k < 0 ? errno : EIO, "cannot read the "
+                               "pending log of volume '%s'", v->url_str);
+        }
+        done += k;
+    }
+    sprite_seg_header_encode(h, obj + h->header_len, obj);
+
+    key = sprite_key_segment(v->url->volume, h->seq);
+    ret = put_with_retry(v, key, obj, total, errp);
+    if (ret == -EEXIST) {
+        /* Someone else wrote our next segment: we are not the writer. */
+        v->fenced = true;
+        g_clear_error(errp);
+        g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s': segment %016"
+                    G_GINT64_MODIFIER "x was written by another writer; "
+                    "stopping writes to this volume", v->url_str, h->seq);
+        return -EIO;
+    }
+    if (ret < 0) {
+        g_prefix_error(errp, "volume '%s': cannot upload segment: ",
+                       v->url_str);
+        return ret;
+    }
+
+    /* Durable now (I3): map it.  A cache failure only costs a refetch. */
+    sprite_segcache_insert(v->cache, h->seq, obj, total, NULL);
+    ret = apply_segment(v, h, errp);
+    if (ret < 0) {
+        /* The database is behind the store; the next open rolls forward. */
+        return ret;
+    }
+    g_array_set_size(v->records, 0);
+    sprite_extmap_clear(v->pending);
+    v->pend_len = 0;
+    v->size_dirty = false;
+    if (ftruncate(v->pend_fd, 0) < 0) {
+        return errno_error(errp, errno, "cannot truncate the pending log");
+    }
+    if (v->seq - v->snap_seq >= SNAPSHOT_EVERY) {
+        /* Best effort: a missing snapshot only makes opening slower. */
+        upload_snapshot(v, NULL);
+    }
+    return 0;
+}
+
+int sprite_volume_flush(SpriteVolume *v, GError **errp)
+{
+    int ret = 0;
+
+    if (v->read_only) {
+        return 0;
+    }
+    g_mutex_lock(&v->lock);
+    ret = v->fenced ? check_writable(v, errp) : commit_pending(v, errp);
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+int sprite_volume_truncate(SpriteVolume *v, uint64_t size, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (size < v->size) {
+        g_set_error(errp, SPRITE_ERROR, ENOTSUP,
+                    "shrinking a volume is not supported");
+        ret = -ENOTSUP;
+    } else if (size % SPRITE_SECTOR_SIZE || size > (1ULL << 62)) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL, "invalid volume size %"
+                    G_GUINT64_FORMAT, size);
+        ret = -EINVAL;
+    } else if (size > v->size) {
+        v->size = size;
+        v->size_dirty = true;
+    }
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+void sprite_volume_close(SpriteVolume *v)
+{
+    if (!v) {
+        return;
+    }
+    if (!v->read_only) {
+        g_mutex_lock(&v->lock);
+        if (!v->fenced && commit_pending(v, NULL) == 0 &&
+            v->seq > v->snap_seq) {
+            upload_snapshot(v, NULL);
+        }
+        g_mutex_unlock(&v->lock);
+    }
+    volume_free(v);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reading */
+
+uint64_t sprite_volume_size(SpriteVolume *v)
+{
+    uint64_t size;
+
+    g_mutex_lock(&v->lock);
+    size = v->size;
+    g_mutex_unlock(&v->lock);
+    return size;
+}
+
+/*
+ * What covers @off, looking in the overlay, then the durable map: sets
+ * *@e (clipped to start at @off and to end before anything that overrides
+ * it) and returns true, or returns false with *@gap set to the length of
+ * the unmapped range at @off (at most @len).
+ * Called with v->lock held.
+ */
+static bool resolve(SpriteVolume *v, uint64_t off, uint64_t len,
+                    SpriteExtent *e, uint64_t *gap)
+{
+    uint64_t next_p, next_m;
+
+    if (sprite_extmap_find(v->pending, off, e, &next_p)) {
+        e->len = MIN(e->len, len);
+        return true;
+    }
+    if (sprite_extmap_find(v->map, off, e, &next_m)) {
+        e->len = MIN(MIN(e->len, len), next_p - off);
+        return true;
+    }
+    *gap = MIN(MIN(next_p, next_m) - off, len);
+    return false;
+}
+
+/* Copy @len bytes from @src into @iov at byte @pos. */
+static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
+                         const uint8_t *src, uint64_t len)
+{
+    int i;
+
+    for (i = 0; i < iovcnt && len; i++) {
+        uint64_t n;
+
+        if (pos >= iov[i].iov_len) {
+            pos -= iov[i].iov_len;
+            continue;
+        }
+        n = MIN(iov[i].iov_len - pos, len);
+        if (src) {
+            memcpy((uint8_t *)iov[i].iov_base + pos, src, n);
+            src += n;
+        } else {
+            memset((uint8_t *)iov[i].iov_base + pos, 0, n);
+        }
+        len -= n;
+        pos = 0;
+    }
+}
+
+/* Called with v->lock held */
+static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
+                      GError **errp)
+{
+    if (e->seg == 0) {
+        uint64_t done = 0;
+
+        while (done < e->len) {
+            ssize_t k = pread(v->pend_fd, buf + done, e->len - done,
+                              e->data_off + done);
+            if (k < 0 && errno == EINTR) {
+                continue;
+            }
+            if (k <= 0) {
+                return errno_error(errp, k < 0 ? errno : EIO, "cannot read "
+                                   "the pending log of volume '%s'",
+                                   v->url_str);
+            }
+            done += k;
+        }
+        return 0;
+    }
+    return sprite_segcache_read(v->cache, e->seg, e->data_off, e->len, buf,
+                                errp);
+}
+
+int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
+                        const struct iovec *iov, int iovcnt, GError **errp)
+{
+    g_autofree uint8_t *buf = NULL;
+    uint64_t pos = 0;
+    int ret;
+
+    g_assert(iov_len(iov, iovcnt) >= len);
+    g_mutex_lock(&v->lock);
+    ret = check_range(v, offset, len, errp);
+    while (ret == 0 && pos < len) {
+        SpriteExtent e;
+        uint64_t n;
+
+        if (resolve(v, offset + pos, len - pos, &e, &n)) {
+            n = e.len;
+            if (e.kind == SPRITE_EXT_DATA) {
+                buf = g_realloc(buf, n);
+                ret = read_piece(v, &e, buf, errp);
+                if (ret == 0) {
+                    iov_from_buf(iov, iovcnt, pos, buf, n);
+                }
+            } else {
+                iov_from_buf(iov, iovcnt, pos, NULL, n);
+            }
+        } else if (v->base && offset + pos < v->base->size) {
+            /* The base may be smaller than we are grown to. */
+            n = MIN(n, v->base->size - (offset + pos));
+            buf = g_realloc(buf, n);
+            ret = sprite_volume_readv(v->base, offset + pos, n,
+                                      &(struct iovec){ buf, n }, 1, errp);
+            if (ret == 0) {
+                iov_from_buf(iov, iovcnt, pos, buf, n);
+            }
+        } else {
+            iov_from_buf(iov, iovcnt, pos, NULL, n);
+        }
+        pos += n;
+    }
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+int sprite_volume_block_status(SpriteVolume *v, uint64_t offset,
+                               uint64_t len, uint64_t *pnum,
+                               unsigned *status, GError **errp)
+{
+    SpriteExtent e;
+    uint64_t n;
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_range(v, offset, len, errp);
+    if (ret < 0 || len == 0) {
+        *pnum = 0;
+        *status = 0;
+        goto out;
+    }
+    if (resolve(v, offset, len, &e, &n)) {
+        *pnum = e.len;
+        *status = SPRITE_STATUS_ALLOCATED |
+                  (e.kind == SPRITE_EXT_DATA ? SPRITE_STATUS_DATA :
+                                               SPRITE_STATUS_ZERO);
+    } else if (v->base && offset < v->base->size) {
+        n = MIN(n, v->base->size - offset);
+        ret = sprite_volume_block_status(v->base, offset, n, pnum, status,
+                                         errp);
+        *status &= ~SPRITE_STATUS_ALLOCATED;
+    } else {
+        *pnum = n;
+        *status = SPRITE_STATUS_ZERO;
+    }
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info)
+{
+    memset(info, 0, sizeof(*info));
+    g_mutex_lock(&v->lock);
+    info->url = g_strdup(v->url_str);
+    info->base_url = g_strdup(v->base_url);
+    info->cache_dir = g_strdup(v->dir);
+    info->size = v->size;
+    info->generation = v->seq;
+    info->data_bytes = sprite_extmap_bytes(v->map, SPRITE_EXT_DATA);
+    sprite_meta_segment_bytes(v->meta, &info->store_bytes, NULL);
+    g_mutex_unlock(&v->lock);
+}
+
+void sprite_volume_info_clear(SpriteVolumeInfo *info)
+{
+    g_free(info->url);
+    g_free(info->base_url);
+    g_free(info->cache_dir);
+    memset(info, 0, sizeof(*info));
+}

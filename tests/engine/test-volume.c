@@ -1,0 +1,458 @@
+/*
+ * Volume API on every backend: the local directory store, Ceph radosgw
+ * and s3rver (both started by tests/servers/with-servers).
+ *
+ * Copyright (c) 2026 The Sprite authors
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <errno.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "sprite/volume.h"
+#include "store/segment.h"
+
+typedef struct Backend {
+    const char *name;
+    char *prefix;           /* URL up to the volume name, with '/' */
+    char *key;
+    char *secret;
+    bool fences;            /* honours If-None-Match */
+} Backend;
+
+static Backend backends[3];
+static char *tmpdir;
+static unsigned counter;
+
+static void setup_backends(void)
+{
+    const char *kinds[] = { "RGW", "S3RVER" };
+    int i;
+
+    tmpdir = g_dir_make_tmp("sprite-test-volume-XXXXXX", NULL);
+    g_assert_nonnull(tmpdir);
+    backends[0] = (Backend){
+        .name = "file",
+        .prefix = g_strdup_printf("sprite+file://%s/store/", tmpdir),
+        .fences = true,
+    };
+    for (i = 0; i < 2; i++) {
+        g_autofree char *ev = g_strdup_printf("SPRITE_TEST_%s_ENDPOINT",
+                                              kinds[i]);
+        g_autofree char *kv = g_strdup_printf("SPRITE_TEST_%s_ACCESS_KEY",
+                                              kinds[i]);
+        g_autofree char *sv = g_strdup_printf("SPRITE_TEST_%s_SECRET_KEY",
+                                              kinds[i]);
+        g_autofree char *bv = g_strdup_printf("SPRITE_TEST_%s_BUCKET",
+                                              kinds[i]);
+        const char *endpoint = g_getenv(ev);
+
+        if (!endpoint) {
+            g_printerr("%s is not set: run this test through "
+                       "tests/servers/with-servers\n", ev);
+            exit(1);
+        }
+        backends[i + 1] = (Backend){
+            .name = i == 0 ? "rgw" : "s3rver",
+            .prefix = g_strdup_printf("sprite+http://%s/%s/", endpoint,
+                                      g_getenv(bv)),
+            .key = g_strdup(g_getenv(kv)),
+            .secret = g_strdup(g_getenv(sv)),
+            .fences = i == 0,
+        };
+    }
+    g_mkdir_with_parents(g_strdup_printf("%s/store", tmpdir), 0700);
+}
+
+/* A fresh volume URL and options with a private cache directory. */
+static SpriteVolumeOptions opts(const Backend *b, char **url, char **cache)
+{
+    *url = g_strdup_printf("%svol-%d-%u", b->prefix, (int)getpid(),
+                           counter++);
+    *cache = g_strdup_printf("%s/cache-%u", tmpdir, counter++);
+    return (SpriteVolumeOptions){
+        .url = *url,
+        .cache_dir = *cache,
+        .access_key_id = b->key,
+        .secret_access_key = b->secret,
+    };
+}
+
+static void fill_random(GRand *r, uint8_t *p, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        p[i] = g_rand_int(r);
+    }
+}
+
+static void read_all_equal(SpriteVolume *v, const uint8_t *model,
+                           uint64_t size)
+{
+    g_autofree uint8_t *buf = g_malloc(size);
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { buf, size };
+
+    g_assert_cmpint(sprite_volume_readv(v, 0, size, &iov, 1, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_true(memcmp(buf, model, size) == 0);
+}
+
+static void rm_rf(const char *path)
+{
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", path);
+
+    g_assert_cmpint(system(cmd), ==, 0);
+}
+
+/*
+ * Differential test: random unaligned writes, write-zeroes and discards
+ * against a byte array; compared warm, after reopen, and after deleting
+ * the cache.
+ */
+static void test_differential(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 4 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *buf = g_malloc(256 << 10);
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(1234);
+    SpriteVolume *v;
+    int i;
+
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    for (i = 0; i < 300; i++) {
+        uint64_t len = g_rand_int_range(r, 1, 256 << 10);
+        uint64_t off = g_rand_int_range(r, 0, size - len);
+        int op = g_rand_int_range(r, 0, 10);
+
+        if (op < 7) {
+            struct iovec iov[2] = { { buf, len / 3 },
+                                    { buf + len / 3, len - len / 3 } };
+
+            fill_random(r, buf, len);
+            g_assert_cmpint(sprite_volume_writev(v, off, len, iov, 2, &err),
+                            ==, 0);
+            memcpy(model + off, buf, len);
+        } else if (op < 8) {
+            g_assert_cmpint(sprite_volume_write_zeroes(v, off, len, &err),
+                            ==, 0);
+            memset(model + off, 0, len);
+        } else if (op < 9) {
+            g_assert_cmpint(sprite_volume_discard(v, off, len, &err), ==, 0);
+            memset(model + off, 0, len);
+        } else {
+            g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+        }
+        g_assert_no_error(err);
+        if (i % 50 == 0) {
+            read_all_equal(v, model, size);
+        }
+    }
+    read_all_equal(v, model, size);
+    g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+    sprite_volume_close(v);
+
+    /* Warm cache. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    read_all_equal(v, model, size);
+    sprite_volume_close(v);
+
+    /* No cache at all: everything comes from the object store. */
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    read_all_equal(v, model, size);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
+/* Writes acknowledged but not flushed may be lost; flushed ones never. */
+static void test_flush_durable(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree char *cache2 = g_strdup_printf("%s-other", cache);
+    uint8_t a[4096], z[4096];
+    struct iovec iov = { a, sizeof(a) };
+    g_autoptr(GError) err = NULL;
+    SpriteVolume *v, *w;
+    SpriteVolumeInfo info;
+
+    memset(a, 0xaa, sizeof(a));
+    memset(z, 0, sizeof(z));
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_writev(v, 8192, 4096, &iov, 1, &err), ==,
+                    0);
+    g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+    sprite_volume_get_info(v, &info);
+    g_assert_cmpuint(info.generation, ==, 1);
+    g_assert_cmpuint(info.data_bytes, ==, 4096);
+    sprite_volume_info_clear(&info);
+
+    /* Another host (another cache) sees the flushed write at once. */
+    o.cache_dir = cache2;
+    o.read_only = true;
+    g_assert_cmpint(sprite_volume_open(&o, &w, &err), ==, 0);
+    g_assert_no_error(err);
+    {
+        uint8_t got[4096];
+        struct iovec giov = { got, sizeof(got) };
+
+        g_assert_cmpint(sprite_volume_readv(w, 8192, 4096, &giov, 1, &err),
+                        ==, 0);
+        g_assert_cmpmem(got, sizeof(got), a, sizeof(a));
+        g_assert_cmpint(sprite_volume_readv(w, 0, 4096, &giov, 1, &err),
+                        ==, 0);
+        g_assert_cmpmem(got, sizeof(got), z, sizeof(z));
+    }
+    sprite_volume_close(w);
+    sprite_volume_close(v);
+}
+
+static void test_clone(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 2 << 20;
+    g_autofree char *burl = NULL, *bcache = NULL;
+    g_autofree char *curl = NULL, *ccache = NULL;
+    SpriteVolumeOptions bo = opts(b, &burl, &bcache);
+    SpriteVolumeOptions co = opts(b, &curl, &ccache);
+    g_autofree uint8_t *model = g_malloc(size);
+    g_autofree uint8_t *bmodel = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(99);
+    struct iovec iov = { model, size };
+    SpriteVolume *base, *clone;
+    SpriteVolumeInfo info;
+    uint8_t patch[1000];
+    struct iovec piov = { patch, sizeof(patch) };
+    uint64_t pnum;
+    unsigned status;
+
+    fill_random(r, model, size);
+    g_assert_cmpint(sprite_volume_create(&bo, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&bo, &base, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_writev(base, 0, size, &iov, 1, &err), ==,
+                    0);
+    sprite_volume_close(base);
+    bmodel = g_memdup2(model, size);
+
+    /* A clone of any size costs one small object. */
+    g_assert_cmpint(sprite_volume_create(&co, 2 * size, burl, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpuint(sprite_volume_size(clone), ==, 2 * size);
+    model = g_realloc(model, 2 * size);
+    memset(model + size, 0, size);
+    read_all_equal(clone, model, 2 * size);
+    sprite_volume_get_info(clone, &info);
+    g_assert_cmpuint(info.data_bytes, ==, 0);
+    g_assert_cmpstr(info.base_url, ==, burl);
+    sprite_volume_info_clear(&info);
+
+    g_assert_cmpint(sprite_volume_block_status(clone, 0, size, &pnum,
+                                               &status, &err), ==, 0);
+    g_assert_cmpuint(pnum, ==, size);
+    g_assert_cmpuint(status, ==, SPRITE_STATUS_DATA);
+
+    fill_random(r, patch, sizeof(patch));
+    g_assert_cmpint(sprite_volume_writev(clone, 5000, sizeof(patch), &piov, 1,
+                                         &err), ==, 0);
+    memcpy(model + 5000, patch, sizeof(patch));
+    g_assert_cmpint(sprite_volume_discard(clone, 100000, 3000, &err), ==, 0);
+    memset(model + 100000, 0, 3000);
+    g_assert_cmpint(sprite_volume_flush(clone, &err), ==, 0);
+    read_all_equal(clone, model, 2 * size);
+    sprite_volume_get_info(clone, &info);
+    g_assert_cmpuint(info.data_bytes, ==, sizeof(patch));
+    sprite_volume_info_clear(&info);
+    sprite_volume_close(clone);
+
+    /* The base did not change; the clone survives losing its cache. */
+    bo.read_only = true;
+    g_assert_cmpint(sprite_volume_open(&bo, &base, &err), ==, 0);
+    read_all_equal(base, bmodel, size);
+    sprite_volume_close(base);
+    rm_rf(ccache);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    read_all_equal(clone, model, 2 * size);
+    sprite_volume_close(clone);
+    g_rand_free(r);
+}
+
+static void test_errors(gconstpointer data)
+{
+    const Backend *b = data;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autoptr(GError) err = NULL;
+    SpriteVolume *v = NULL, *w = NULL;
+    uint8_t buf[512] = { 1 };
+    struct iovec iov = { buf, sizeof(buf) };
+
+    /* Missing volume. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, -ENOENT);
+    g_assert_nonnull(strstr(err->message, "does not exist"));
+    g_clear_error(&err);
+    /* Bad sizes. */
+    g_assert_cmpint(sprite_volume_create(&o, 1000, NULL, &err), ==, -EINVAL);
+    g_clear_error(&err);
+    g_assert_cmpint(sprite_volume_create(&o, 0, NULL, &err), ==, -EINVAL);
+    g_clear_error(&err);
+    /* Exists. */
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==,
+                    -EEXIST);
+    g_assert_nonnull(strstr(err->message, "already exists"));
+    g_clear_error(&err);
+    /* Beyond the end. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_writev(v, (1 << 20) - 100, sizeof(buf),
+                                         &iov, 1, &err), ==, -EINVAL);
+    g_clear_error(&err);
+    /* A second writer with the same cache directory. */
+    g_assert_cmpint(sprite_volume_open(&o, &w, &err), ==, -EBUSY);
+    g_clear_error(&err);
+    /* ... and one with its own cache: it loses at its first flush. */
+    if (b->fences) {
+        g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
+        SpriteVolumeOptions o2 = o;
+
+        o2.cache_dir = cache2;
+        g_assert_cmpint(sprite_volume_open(&o2, &w, &err), ==, 0);
+        g_assert_cmpint(sprite_volume_writev(v, 0, sizeof(buf), &iov, 1,
+                                             &err), ==, 0);
+        g_assert_cmpint(sprite_volume_writev(w, 512, sizeof(buf), &iov, 1,
+                                             &err), ==, 0);
+        g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+        g_assert_cmpint(sprite_volume_flush(w, &err), ==, -EIO);
+        g_assert_nonnull(strstr(err->message, "another writer"));
+        g_clear_error(&err);
+        g_assert_cmpint(sprite_volume_writev(w, 512, sizeof(buf), &iov, 1,
+                                             &err), ==, -EIO);
+        g_clear_error(&err);
+        sprite_volume_close(w);
+    }
+    sprite_volume_close(v);
+    /* Malformed URLs. */
+    o.url = "sprite+ftp://x/y/z";
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), <, 0);
+    g_clear_error(&err);
+    o.url = "sprite+file://relative/dir";
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), <, 0);
+    g_clear_error(&err);
+}
+
+/* A corrupt segment is an I/O error, never data. */
+static void test_corrupt(gconstpointer data)
+{
+    const Backend *b = data;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(SpriteUrl) u = NULL;
+    g_autoptr(GBytes) obj = NULL;
+    g_autofree char *key = NULL;
+    g_autofree uint8_t *copy = NULL;
+    g_autofree uint8_t *buf = g_malloc(200000);
+    struct iovec iov = { buf, 200000 };
+    SpriteObjstoreConfig cfg = { 0 };
+    SpriteObjstore *os;
+    SpriteVolume *v;
+    size_t len;
+
+    memset(buf, 0x5a, 200000);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_writev(v, 0, 200000, &iov, 1, &err), ==, 0);
+    sprite_volume_close(v);
+
+    u = sprite_url_parse(url, &err);
+    cfg.url = u;
+    cfg.access_key_id = b->key;
+    cfg.secret_access_key = b->secret;
+    g_assert_cmpint(sprite_objstore_open(&cfg, &os, &err), ==, 0);
+    key = sprite_key_segment(u->volume, 1);
+    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
+    copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));
+    copy[len - 10] ^= 0xff;     /* a data byte of the last chunk */
+    g_assert_cmpint(sprite_objstore_put(os, key, copy, len,
+                                        SPRITE_PUT_DEFAULT, NULL, NULL,
+                                        &err), ==, 0);
+    rm_rf(cache);
+    o.read_only = true;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    /* The first chunk is intact, the last is not. */
+    g_assert_cmpint(sprite_volume_readv(v, 0, 4096, &iov, 1, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_readv(v, 199000, 1000, &iov, 1, &err), ==,
+                    -EIO);
+    g_assert_nonnull(strstr(err->message, "checksum"));
+    g_clear_error(&err);
+    sprite_volume_close(v);
+
+    /* A truncated segment too. */
+    g_assert_cmpint(sprite_objstore_put(os, key, copy, len - 5000,
+                                        SPRITE_PUT_DEFAULT, NULL, NULL,
+                                        &err), ==, 0);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_readv(v, 150000, 50000, &iov, 1, &err), ==,
+                    -EIO);
+    g_clear_error(&err);
+    sprite_volume_close(v);
+    sprite_objstore_close(os);
+}
+
+static void test_bad_credentials(void)
+{
+    g_autofree char *url = NULL, *cache = NULL;
+    Backend b = backends[1];
+    SpriteVolumeOptions o;
+    g_autoptr(GError) err = NULL;
+    SpriteVolume *v;
+
+    b.secret = "wrong-secret";
+    o = opts(&b, &url, &cache);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==,
+                    -EACCES);
+    g_assert_null(strstr(err->message, "wrong-secret"));
+    g_clear_error(&err);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, -EACCES);
+}
+
+int main(int argc, char **argv)
+{
+    const char *tests[] = { "differential", "flush-durable", "clone",
+                            "errors", "corrupt" };
+    GTestDataFunc fns[] = { test_differential, test_flush_durable,
+                            test_clone, test_errors, test_corrupt };
+    int i, j, ret;
+
+    g_test_init(&argc, &argv, NULL);
+    setup_backends();
+    for (i = 0; i < 3; i++) {
+        for (j = 0; j < (int)G_N_ELEMENTS(tests); j++) {
+            g_autofree char *path = g_strdup_printf("/volume/%s/%s",
+                                                    backends[i].name,
+                                                    tests[j]);
+            g_test_add_data_func(path, &backends[i], fns[j]);
+        }
+    }
+    g_test_add_func("/volume/rgw/bad-credentials", test_bad_credentials);
+    ret = g_test_run();
+    rm_rf(tmpdir);
+    return ret;
+}
