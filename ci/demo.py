@@ -9,6 +9,7 @@ the data came back from the object store alone.  Prints the timings.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -38,10 +39,12 @@ def main():
     url = args.url or f"sprite+file://{work}/store/demo-vm"
     (work / "store").mkdir(exist_ok=True)
     cache = work / "cache"
+    # qemu-img's cache too goes under the work directory.
+    env = dict(os.environ, XDG_CACHE_HOME=str(work / "xdg"))
     try:
         t = time.monotonic()
         subprocess.run([QEMU_IMG, "create", "-f", "raw", url, args.size],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, env=env)
         step(f"created {url} ({args.size}) in "
              f"{(time.monotonic() - t) * 1000:.0f} ms")
 
@@ -74,7 +77,8 @@ def main():
             step("FAILED: the data read back differs")
             return 1
         info = subprocess.run([QEMU_IMG, "info", url], check=True,
-                              capture_output=True, text=True).stdout
+                              capture_output=True, text=True,
+                              env=env).stdout
         print(info)
         step("OK: the data survived losing the host's cache")
         return 0

@@ -416,6 +416,40 @@ static void test_corrupt(gconstpointer data)
     sprite_objstore_close(os);
 }
 
+/* A volume written by a newer Sprite is refused, not misread. */
+static void test_newer_format(gconstpointer data)
+{
+    const Backend *b = data;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(SpriteUrl) u = NULL;
+    g_autoptr(GBytes) obj = NULL;
+    g_autofree char *key = NULL;
+    g_autofree uint8_t *copy = NULL;
+    SpriteObjstoreConfig cfg = { 0 };
+    SpriteObjstore *os;
+    SpriteVolume *v;
+    size_t len;
+
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    u = sprite_url_parse(url, &err);
+    cfg.url = u;
+    cfg.access_key_id = b->key;
+    cfg.secret_access_key = b->secret;
+    g_assert_cmpint(sprite_objstore_open(&cfg, &os, &err), ==, 0);
+    key = sprite_key_descriptor(u->volume);
+    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
+    copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));
+    copy[8] = SPRITE_FORMAT_VERSION + 1;
+    g_assert_cmpint(sprite_objstore_put(os, key, copy, len,
+                                        SPRITE_PUT_DEFAULT, NULL, NULL,
+                                        &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, -EPROTONOSUPPORT);
+    g_assert_nonnull(strstr(err->message, "newer"));
+    sprite_objstore_close(os);
+}
+
 static void test_bad_credentials(void)
 {
     g_autofree char *url = NULL, *cache = NULL;
@@ -436,9 +470,10 @@ static void test_bad_credentials(void)
 int main(int argc, char **argv)
 {
     const char *tests[] = { "differential", "flush-durable", "clone",
-                            "errors", "corrupt" };
+                            "errors", "corrupt", "newer-format" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
-                            test_clone, test_errors, test_corrupt };
+                            test_clone, test_errors, test_corrupt,
+                            test_newer_format };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

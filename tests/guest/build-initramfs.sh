@@ -20,8 +20,8 @@ out=$(cd "$1" && pwd)
 # Loaded in this order by init; a module built into the kernel is skipped.
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
 
-kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1)
-[ -n "$kernel" ] || { echo "$0: no /boot/vmlinuz-*-cloud-amd64: install linux-image-cloud-amd64" >&2; exit 1; }
+kernel=$(printf '%s\n' /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -n 1)
+[ -f "$kernel" ] || { echo "$0: no /boot/vmlinuz-*-cloud-amd64: install linux-image-cloud-amd64" >&2; exit 1; }
 kver=${kernel#/boot/vmlinuz-}
 moddir=/lib/modules/$kver
 busybox=/bin/busybox
@@ -83,5 +83,5 @@ cp "$kernel" "$tmp/vmlinuz"
 mv -f "$tmp/vmlinuz" "$out/vmlinuz"
 mv -f "$tmp/initrd.img" "$out/initrd.img"
 echo "$hash" >"$out/inputs.sha256"
-echo "build-initramfs: built $out/initrd.img for $kver ($(cat "$root/lib/modules/load-order" | tr '\n' ' '))" >&2
+echo "build-initramfs: built $out/initrd.img for $kver ($(tr '\n' ' ' <"$root/lib/modules/load-order"))" >&2
 echo "$out/vmlinuz"; echo "$out/initrd.img"

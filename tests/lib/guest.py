@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -115,6 +116,8 @@ class QMP:
                 data = self.sock.recv(65536)
             except socket.timeout:
                 continue
+            except OSError as e:
+                raise GuestError(f"QMP: connection to QEMU lost: {e}") from None
             if not data:
                 raise GuestError("QMP: QEMU closed the connection")
             self._buf += data
@@ -128,7 +131,10 @@ class QMP:
         msg = {"execute": command, "id": self._next_id}
         if arguments:
             msg["arguments"] = arguments
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise GuestError(f"QMP {command}: connection to QEMU lost: {e}") from None
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             r = self._read(deadline)
@@ -240,10 +246,11 @@ class Guest:
             if self.wait_ready:
                 self.wait_console(READY, 0, self.boot_timeout, "the ready marker")
                 self.boot_seconds = time.monotonic() - t0
-        except BaseException as e:
+        except (GuestError, OSError) as e:
             self.kill()
-            if isinstance(e, GuestError):
-                raise GuestError(f"{e}{self._diagnostics()}") from None
+            raise GuestError(f"QEMU failed to start: {e}{self._diagnostics()}") from None
+        except BaseException:
+            self.kill()
             raise
         return self
 
@@ -385,4 +392,4 @@ class Guest:
         qemu_log = self._read_qemu_log().strip()
         return (f"\n--- guest console (last {lines} lines) ---\n{console}"
                 f"\n--- QEMU output ---\n{qemu_log or '(none)'}"
-                f"\n--- QEMU command ---\n{' '.join(self.argv)}")
+                f"\n--- QEMU command ---\n{shlex.join(self.argv)}")

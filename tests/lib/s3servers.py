@@ -515,12 +515,16 @@ def start_s3rver(root: Path, state: _State) -> Server:
 def start(state_dir: str | os.PathLike) -> dict[str, str]:
     """Start radosgw and s3rver (in parallel) under `state_dir`, write
     servers.json and env.sh there, and return the environment variables.
+    The servers start empty: state of an earlier (stopped) run is wiped.
     On failure, stops whatever it started and raises ServerError."""
     root = Path(state_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     state = _State(root)
     if any(_alive(p) for p in state.data["processes"]):
         raise ServerError(f"servers already running in {root}")
+    shutil.rmtree(root / "rgw", ignore_errors=True)
+    shutil.rmtree(root / "s3rver", ignore_errors=True)
+    (root / "env.sh").unlink(missing_ok=True)
     state.data = {"servers": {}, "processes": []}
     state.save()
     try:

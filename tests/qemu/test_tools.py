@@ -104,7 +104,8 @@ class ToolsTest(unittest.TestCase):
                 self.assertEqual(spec["type"], "sprite")
                 self.assertEqual(spec["data"]["data-bytes"], 2 * MiB)
                 self.assertGreaterEqual(spec["data"]["store-bytes"], 2 * MiB)
-                self.assertEqual(spec["data"]["generation"], 1)
+                # qemu-io defaults to writethrough: a flush per write.
+                self.assertEqual(spec["data"]["generation"], 2)
 
     def test_convert_compare_and_clone(self):
         raw = self.tmp / "src.raw"
@@ -127,11 +128,14 @@ class ToolsTest(unittest.TestCase):
                                        "-f", "sprite", url,
                                        env=s.env).stdout)
                 stored = pinfo["format-specific"]["data"]["data-bytes"]
-                self.assertLessEqual(stored, 3 * MiB + 512)
+                # convert copies at 4 KiB granularity around the
+                # unaligned megabyte.
+                self.assertLessEqual(stored, 3 * MiB + 64 * 1024)
                 # A clone stores only what differs.
                 clone = s.url()
+                # Size 0: the base's size.
                 run(QEMU_IMG, "create", "-f", "raw", "-o", f"base={url}",
-                    clone, env=s.env)
+                    clone, "0", env=s.env)
                 run(QEMU_IMG, "compare", "-f", "raw", "-F", "raw", raw,
                     clone, env=s.env)
                 run(QEMU_IO, "-f", "raw", "-c", "write -P 0x77 0 4k", clone,
@@ -186,7 +190,7 @@ class ToolsTest(unittest.TestCase):
         url = s.url()
         cases = [
             (["create", "-f", "raw", "sprite+ftp://h/b/v", "1M"],
-             "scheme"),
+             "Unknown protocol"),
             (["create", "-f", "raw", "sprite+file://rel/v", "1M"],
              "absolute"),
             (["create", "-f", "raw", url, "1M"], None),
