@@ -173,7 +173,7 @@ int sprite_seg_header_decode(const void *buf, size_t len, uint64_t seq,
                     "header", seq);
         return -EIO;
     }
-    h->records = g_new(SpriteRecord, h->nrecords);
+    h->records = g_new0(SpriteRecord, h->nrecords);
     for (i = 0; i < h->nrecords; i++) {
         const uint8_t *r = p + SPRITE_SEG_FIXED + (size_t)i * SPRITE_SEG_RECORD;
         SpriteRecord *rec = &h->records[i];

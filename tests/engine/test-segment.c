@@ -50,8 +50,12 @@ static void test_roundtrip(void)
                                              &need, NULL), ==, 0);
     g_assert_cmpuint(d->nrecords, ==, 3);
     g_assert_cmpuint(d->nchunks, ==, 4);
-    g_assert_cmpmem(d->records, 3 * sizeof(SpriteRecord), h->records,
-                    3 * sizeof(SpriteRecord));
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpuint(d->records[i].offset, ==, h->records[i].offset);
+        g_assert_cmpuint(d->records[i].length, ==, h->records[i].length);
+        g_assert_cmpuint(d->records[i].data_off, ==, h->records[i].data_off);
+        g_assert_cmpuint(d->records[i].kind, ==, h->records[i].kind);
+    }
     for (i = 0; i < d->nchunks; i++) {
         g_assert_true(sprite_seg_chunk_ok(d, i,
                                           data + i * SPRITE_CHUNK_SIZE));
