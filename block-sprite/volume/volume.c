@@ -56,9 +56,13 @@ struct SpriteVolume {
     int lock_fd;
 
     GMutex lock;
-    /* Protected by @lock */
+    /* Protected by @lock; also read without it, atomically (getlength
+     * must not wait for a flush's upload) */
     uint64_t size;
     uint64_t seq;               /* newest durable segment */
+    uint64_t data_bytes;        /* bytes of the durable map that are data */
+    uint64_t store_bytes;       /* bytes of the segments on the store */
+    /* Protected by @lock */
     uint64_t snap_seq;          /* newest uploaded metadata snapshot */
     bool size_dirty;            /* size changed since the last segment */
     bool fenced;                /* another writer wrote our next segment */
@@ -390,8 +394,13 @@ static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
         (ret = sprite_meta_commit(v->meta, errp)) < 0) {
         goto fail;
     }
-    v->seq = h->seq;
-    v->size = h->volume_size;
+    __atomic_store_n(&v->seq, h->seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&v->size, h->volume_size, __ATOMIC_RELAXED);
+    __atomic_store_n(&v->data_bytes,
+                     sprite_extmap_bytes(v->map, SPRITE_EXT_DATA),
+                     __ATOMIC_RELAXED);
+    __atomic_add_fetch(&v->store_bytes, h->header_len + h->data_len,
+                       __ATOMIC_RELAXED);
     return 0;
 
 fail:
@@ -537,6 +546,11 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
             return ret;
         }
     }
+    ret = sprite_meta_segment_bytes(v->meta, &v->store_bytes, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    v->data_bytes = sprite_extmap_bytes(v->map, SPRITE_EXT_DATA);
     return roll_forward(v, errp);
 }
 
@@ -1064,7 +1078,7 @@ int sprite_volume_truncate(SpriteVolume *v, uint64_t size, GError **errp)
                     G_GUINT64_FORMAT, size);
         ret = -EINVAL;
     } else if (size > v->size) {
-        v->size = size;
+        __atomic_store_n(&v->size, size, __ATOMIC_RELAXED);
         v->size_dirty = true;
     }
 out:
@@ -1093,12 +1107,7 @@ void sprite_volume_close(SpriteVolume *v)
 
 uint64_t sprite_volume_size(SpriteVolume *v)
 {
-    uint64_t size;
-
-    g_mutex_lock(&v->lock);
-    size = v->size;
-    g_mutex_unlock(&v->lock);
-    return size;
+    return __atomic_load_n(&v->size, __ATOMIC_RELAXED);
 }
 
 /*
@@ -1255,16 +1264,15 @@ out:
 
 void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info)
 {
+    /* Immutable fields and atomics only: this never waits for a flush. */
     memset(info, 0, sizeof(*info));
-    g_mutex_lock(&v->lock);
     info->url = g_strdup(v->url_str);
     info->base_url = g_strdup(v->base_url);
     info->cache_dir = g_strdup(v->dir);
-    info->size = v->size;
-    info->generation = v->seq;
-    info->data_bytes = sprite_extmap_bytes(v->map, SPRITE_EXT_DATA);
-    sprite_meta_segment_bytes(v->meta, &info->store_bytes, NULL);
-    g_mutex_unlock(&v->lock);
+    info->size = __atomic_load_n(&v->size, __ATOMIC_RELAXED);
+    info->generation = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
+    info->data_bytes = __atomic_load_n(&v->data_bytes, __ATOMIC_RELAXED);
+    info->store_bytes = __atomic_load_n(&v->store_bytes, __ATOMIC_RELAXED);
 }
 
 void sprite_volume_info_clear(SpriteVolumeInfo *info)

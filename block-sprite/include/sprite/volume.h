@@ -67,6 +67,7 @@ int sprite_volume_open(const SpriteVolumeOptions *o, SpriteVolume **out,
  * outcome matters) and free @v. */
 void sprite_volume_close(SpriteVolume *v);
 
+/* The size in bytes.  Never blocks (safe from an event loop). */
 uint64_t sprite_volume_size(SpriteVolume *v);
 
 /* Read @len bytes at @offset into @iov (which holds at least @len). */
@@ -118,7 +119,8 @@ typedef struct SpriteVolumeInfo {
     uint64_t store_bytes;   /* bytes of this volume's objects on the store */
 } SpriteVolumeInfo;
 
-/* Fill @info; free its strings with sprite_volume_info_clear(). */
+/* Fill @info; free its strings with sprite_volume_info_clear().  Never
+ * blocks (safe from an event loop). */
 void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info);
 void sprite_volume_info_clear(SpriteVolumeInfo *info);
 
