@@ -42,6 +42,7 @@ typedef struct SpriteObjstoreOps {
 struct SpriteObjstore {
     const SpriteObjstoreOps *ops;
     char *description;      /* owned; freed by the dispatcher's close */
+    unsigned retry_ms;      /* set by the dispatcher: retry budget */
 };
 
 /* Backend constructors; @cfg has been checked by the dispatcher. */

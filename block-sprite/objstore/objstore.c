@@ -12,6 +12,7 @@
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "objstore/objstore-int.h"
@@ -34,6 +35,74 @@ static int objstore_prefix_error(SpriteObjstore *os, int ret, GError **errp)
 {
     if (ret < 0 && errp && *errp) {
         g_prefix_error(errp, "%s: ", os->description);
+    }
+    return ret;
+}
+
+/* Retries: exponential backoff with jitter within a time budget. */
+typedef struct Backoff {
+    gint64 deadline;            /* g_get_monotonic_time() */
+    unsigned delay_ms;
+    unsigned failures;          /* transient failures so far */
+} Backoff;
+
+#define BACKOFF_FIRST_MS 50
+#define BACKOFF_MAX_MS 5000
+
+static void backoff_init(SpriteObjstore *os, Backoff *b)
+{
+    b->deadline = os->retry_ms == UINT_MAX ? 0 :
+                  g_get_monotonic_time() + (gint64)os->retry_ms * 1000;
+    b->delay_ms = BACKOFF_FIRST_MS;
+    b->failures = 0;
+}
+
+static bool transient(int ret)
+{
+    switch (-ret) {
+    case EIO:           /* 5xx, throttling, a reply cut short */
+    case ETIMEDOUT:
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case EPIPE:
+    case EAGAIN:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/*
+ * After a failed attempt that returned @ret: sleep and return true if it
+ * is worth another one, else return false.  Clears *@err when retrying.
+ */
+static bool backoff_retry(Backoff *b, int ret, GError **err)
+{
+    gint64 now = g_get_monotonic_time();
+    unsigned sleep_ms;
+
+    if (!transient(ret) || now >= b->deadline) {
+        return false;
+    }
+    b->failures++;
+    sleep_ms = b->delay_ms / 2 + g_random_int_range(0, b->delay_ms / 2 + 1);
+    sleep_ms = MIN((gint64)sleep_ms, (b->deadline - now) / 1000 + 1);
+    g_usleep((gulong)sleep_ms * 1000);
+    b->delay_ms = MIN(b->delay_ms * 2, BACKOFF_MAX_MS);
+    g_clear_error(err);
+    return true;
+}
+
+static int finish(SpriteObjstore *os, int ret, GError *local, GError **errp)
+{
+    if (ret < 0 && local) {
+        g_prefix_error(&local, "%s: ", os->description);
+        g_propagate_error(errp, local);
+    } else if (local) {
+        g_error_free(local);
     }
     return ret;
 }
@@ -108,6 +177,10 @@ int sprite_objstore_open(const SpriteObjstoreConfig *cfg,
         ret = sprite_s3_open(cfg, out, errp);
     }
     g_assert((ret == 0) == (*out != NULL));
+    if (ret == 0) {
+        (*out)->retry_ms = cfg->retry_ms ? cfg->retry_ms :
+                           SPRITE_OBJSTORE_RETRY_DEFAULT_MS;
+    }
     return ret;
 }
 
@@ -137,6 +210,8 @@ int sprite_objstore_get(SpriteObjstore *os, const char *key,
                         uint64_t offset, size_t len, void *buf,
                         size_t *got, GError **errp)
 {
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
     *got = 0;
@@ -148,19 +223,24 @@ int sprite_objstore_get(SpriteObjstore *os, const char *key,
         return sprite_objstore_fail(errp, EINVAL,
                                     "read of object '%s' beyond 2^64", key);
     }
-    if (len == 0) {
-        /* No byte range can express it; still say whether @key exists. */
-        ret = os->ops->head(os, key, NULL, NULL, errp);
-    } else {
-        ret = os->ops->get(os, key, offset, len, buf, got, errp);
-        g_assert(ret < 0 || *got <= len);
-    }
-    return objstore_prefix_error(os, ret, errp);
+    backoff_init(os, &b);
+    do {
+        if (len == 0) {
+            /* No byte range can express it; still say whether @key exists. */
+            ret = os->ops->head(os, key, NULL, NULL, &local);
+        } else {
+            ret = os->ops->get(os, key, offset, len, buf, got, &local);
+            g_assert(ret < 0 || *got <= len);
+        }
+    } while (ret < 0 && backoff_retry(&b, ret, &local));
+    return finish(os, ret, local, errp);
 }
 
 int sprite_objstore_get_all(SpriteObjstore *os, const char *key,
                             GBytes **out, GError **errp)
 {
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
     *out = NULL;
@@ -168,9 +248,32 @@ int sprite_objstore_get_all(SpriteObjstore *os, const char *key,
     if (ret < 0) {
         return ret;
     }
-    ret = os->ops->get_all(os, key, out, errp);
-    g_assert((ret == 0) == (*out != NULL));
-    return objstore_prefix_error(os, ret, errp);
+    backoff_init(os, &b);
+    do {
+        ret = os->ops->get_all(os, key, out, &local);
+        g_assert((ret == 0) == (*out != NULL));
+    } while (ret < 0 && backoff_retry(&b, ret, &local));
+    return finish(os, ret, local, errp);
+}
+
+/* Does @key hold exactly @data?  If so, also fetch its ETag. */
+static bool same_content(SpriteObjstore *os, const char *key,
+                         const void *data, size_t len, char **etag_out)
+{
+    g_autoptr(GBytes) cur = NULL;
+    bool same;
+
+    if (os->ops->get_all(os, key, &cur, NULL) < 0) {
+        return false;
+    }
+    same = g_bytes_get_size(cur) == len &&
+           memcmp(g_bytes_get_data(cur, NULL), data, len) == 0;
+    if (same && etag_out) {
+        g_free(*etag_out);
+        *etag_out = NULL;
+        os->ops->head(os, key, NULL, etag_out, NULL);
+    }
+    return same;
 }
 
 int sprite_objstore_put(SpriteObjstore *os, const char *key,
@@ -178,6 +281,8 @@ int sprite_objstore_put(SpriteObjstore *os, const char *key,
                         SpriteObjstorePutFlags flags, const char *if_match,
                         char **etag_out, GError **errp)
 {
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
     if (etag_out) {
@@ -197,13 +302,25 @@ int sprite_objstore_put(SpriteObjstore *os, const char *key,
         return sprite_objstore_fail(errp, EINVAL,
                                     "put of '%s': malformed ETag", key);
     }
-    ret = os->ops->put(os, key, data, len, flags, if_match, etag_out, errp);
-    return objstore_prefix_error(os, ret, errp);
+    backoff_init(os, &b);
+    do {
+        ret = os->ops->put(os, key, data, len, flags, if_match, etag_out,
+                           &local);
+    } while (ret < 0 && backoff_retry(&b, ret, &local));
+    if (ret == -EEXIST && b.failures > 0 &&
+        same_content(os, key, data, len, etag_out)) {
+        /* An earlier attempt did it and only the reply was lost. */
+        g_clear_error(&local);
+        ret = 0;
+    }
+    return finish(os, ret, local, errp);
 }
 
 int sprite_objstore_head(SpriteObjstore *os, const char *key,
                          uint64_t *size, char **etag_out, GError **errp)
 {
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
     if (etag_out) {
@@ -213,21 +330,29 @@ int sprite_objstore_head(SpriteObjstore *os, const char *key,
     if (ret < 0) {
         return ret;
     }
-    ret = os->ops->head(os, key, size, etag_out, errp);
-    return objstore_prefix_error(os, ret, errp);
+    backoff_init(os, &b);
+    do {
+        ret = os->ops->head(os, key, size, etag_out, &local);
+    } while (ret < 0 && backoff_retry(&b, ret, &local));
+    return finish(os, ret, local, errp);
 }
 
 int sprite_objstore_delete(SpriteObjstore *os, const char *key,
                            GError **errp)
 {
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
     ret = sprite_objstore_check_key(key, errp);
     if (ret < 0) {
         return ret;
     }
-    ret = os->ops->delete(os, key, errp);
-    return objstore_prefix_error(os, ret, errp);
+    backoff_init(os, &b);
+    do {
+        ret = os->ops->delete(os, key, &local);
+    } while (ret < 0 && backoff_retry(&b, ret, &local));
+    return finish(os, ret, local, errp);
 }
 
 typedef struct ListCheck {
@@ -272,15 +397,26 @@ int sprite_objstore_list(SpriteObjstore *os, const char *prefix,
         .fn = fn,
         .opaque = opaque,
     };
+    GError *local = NULL;
+    Backoff b;
     int ret;
 
-    ret = os->ops->list(os, lc.prefix, lc.start_after, list_check_one, &lc,
-                        errp);
-    if (lc.err) {
-        g_clear_error(errp);
-        ret = sprite_objstore_fail(errp, -lc.err, "%s", lc.why);
+    backoff_init(os, &b);
+    for (;;) {
+        /* A retry goes on after the last key already passed on. */
+        ret = os->ops->list(os, lc.prefix, lc.last ? lc.last : lc.start_after,
+                            list_check_one, &lc, &local);
+        if (lc.err) {
+            g_clear_error(&local);
+            ret = sprite_objstore_fail(&local, -lc.err, "%s", lc.why);
+            break;
+        }
+        /* A non-zero return of @fn is the caller's, not a failure. */
+        if (ret >= 0 || !local || !backoff_retry(&b, ret, &local)) {
+            break;
+        }
     }
     g_free(lc.last);
     g_free(lc.why);
-    return objstore_prefix_error(os, ret, errp);
+    return finish(os, ret, local, errp);
 }

@@ -34,13 +34,14 @@
 #include "meta/meta.h"
 #include "store/segcache.h"
 #include "store/segment.h"
+#include "volume/lease.h"
 
 /* Pending bytes that trigger an upload without waiting for a flush. */
 #define PENDING_MAX (32u << 20)
 /* Upload a metadata snapshot after this many segments. */
 #define SNAPSHOT_EVERY 64
-/* Attempts of one object store request before giving up. */
-#define PUT_ATTEMPTS 5
+/* How long a writer's lease lasts without renewal. */
+#define LEASE_MS 30000
 
 struct SpriteVolume {
     SpriteUrl *url;
@@ -54,6 +55,8 @@ struct SpriteVolume {
     char *dir;                  /* this volume's cache directory */
     bool private_dir;           /* a temporary directory, removed at close */
     int lock_fd;
+    SpriteLease *lease;         /* writers only */
+    SpriteLeaseInfo lease_info;
 
     GMutex lock;
     /* Protected by @lock; also read without it, atomically (getlength
@@ -64,7 +67,9 @@ struct SpriteVolume {
     uint64_t store_bytes;       /* bytes of the segments on the store */
     /* Protected by @lock */
     uint64_t snap_seq;          /* newest uploaded metadata snapshot */
-    bool size_dirty;            /* size changed since the last segment */
+    bool segment_due;           /* write a segment even without records:
+                                 * the size changed, or we must claim the
+                                 * next sequence number (a takeover) */
     bool fenced;                /* another writer wrote our next segment */
     SpriteMeta *meta;
     SpriteExtmap *map;          /* durable extents */
@@ -100,6 +105,7 @@ static SpriteObjstore *open_store(const SpriteVolumeOptions *o,
         .region = o->region,
         .sslverify = !o->no_sslverify,
         .cafile = o->cafile,
+        .retry_ms = o->retry_ms,
     };
     SpriteObjstore *os;
 
@@ -557,6 +563,8 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
 /* ------------------------------------------------------------------ */
 /* Open, close, create */
 
+static int commit_pending(SpriteVolume *v, GError **errp);
+
 static SpriteVolume *volume_new(void)
 {
     SpriteVolume *v = g_new0(SpriteVolume, 1);
@@ -572,6 +580,7 @@ static SpriteVolume *volume_new(void)
 
 static void volume_free(SpriteVolume *v)
 {
+    sprite_lease_release(v->lease);
     if (v->base) {
         sprite_volume_close(v->base);
     }
@@ -654,6 +663,18 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
     if (ret < 0) {
         goto fail;
     }
+    if (!v->read_only) {
+        /* Before reading the metadata: nobody else adds segments now. */
+        ret = sprite_lease_take(v->os, v->url->volume, v->url_str,
+                                o->lease_ms ? o->lease_ms : LEASE_MS,
+                                o->takeover, &v->lease, &v->lease_info,
+                                errp);
+        if (ret < 0) {
+            goto fail;
+        }
+        /* A previous writer that may still run loses its next flush. */
+        v->segment_due = v->lease_info.was_held;
+    }
     ret = load_metadata(v, &d, errp);
     if (ret < 0) {
         goto fail;
@@ -665,6 +686,11 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
                           0600);
         if (v->pend_fd < 0) {
             ret = errno_error(errp, errno, "cannot create %s", pend);
+            goto fail;
+        }
+        /* Claim the next segment now, before a stale writer can (I6). */
+        ret = commit_pending(v, errp);
+        if (ret < 0) {
             goto fail;
         }
     }
@@ -797,8 +823,11 @@ static int check_writable(SpriteVolume *v, GError **errp)
                     "read-only", v->url_str);
         return -EROFS;
     }
+    if (!v->fenced && sprite_lease_lost(v->lease)) {
+        v->fenced = true;
+    }
     if (v->fenced) {
-        g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s' was written by "
+        g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s' was taken over by "
                     "another writer: this one has stopped", v->url_str);
         return -EIO;
     }
@@ -815,8 +844,6 @@ static uint64_t iov_len(const struct iovec *iov, int iovcnt)
     }
     return n;
 }
-
-static int commit_pending(SpriteVolume *v, GError **errp);
 
 /* Called with v->lock held */
 static int add_record(SpriteVolume *v, const SpriteRecord *r, GError **errp)
@@ -951,25 +978,6 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
     return ret;
 }
 
-static int put_with_retry(SpriteVolume *v, const char *key, const void *data,
-                          size_t len, GError **errp)
-{
-    unsigned delay_ms = 100;
-    int attempt, ret = -EIO;
-
-    for (attempt = 1; attempt <= PUT_ATTEMPTS; attempt++) {
-        g_clear_error(errp);
-        ret = sprite_objstore_put(v->os, key, data, len,
-                                  SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
-        if (ret == 0 || ret == -EEXIST || ret == -EACCES || ret == -ENOENT) {
-            break;
-        }
-        g_usleep(delay_ms * 1000);
-        delay_ms *= 2;
-    }
-    return ret;
-}
-
 /*
  * Turn the pending log into segment v->seq + 1 on the store, then map it.
  * Called with v->lock held.
@@ -983,10 +991,15 @@ static int commit_pending(SpriteVolume *v, GError **errp)
     uint64_t done = 0;
     int ret;
 
-    if (v->records->len == 0 && !v->size_dirty) {
+    if (v->records->len == 0 && !v->segment_due) {
         return 0;
     }
+    ret = check_writable(v, errp);
+    if (ret < 0) {
+        return ret;
+    }
     h->seq = v->seq + 1;
+    h->epoch = v->lease_info.epoch;
     h->volume_size = v->size;
     h->nrecords = v->records->len;
     h->records = g_memdup2(v->records->data,
@@ -1010,7 +1023,8 @@ static int commit_pending(SpriteVolume *v, GError **errp)
     sprite_seg_header_encode(h, obj + h->header_len, obj);
 
     key = sprite_key_segment(v->url->volume, h->seq);
-    ret = put_with_retry(v, key, obj, total, errp);
+    ret = sprite_objstore_put(v->os, key, obj, total,
+                              SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
     if (ret == -EEXIST) {
         /* Someone else wrote our next segment: we are not the writer. */
         v->fenced = true;
@@ -1036,7 +1050,7 @@ static int commit_pending(SpriteVolume *v, GError **errp)
     g_array_set_size(v->records, 0);
     sprite_extmap_clear(v->pending);
     v->pend_len = 0;
-    v->size_dirty = false;
+    v->segment_due = false;
     if (ftruncate(v->pend_fd, 0) < 0) {
         return errno_error(errp, errno, "cannot truncate the pending log");
     }
@@ -1055,7 +1069,10 @@ int sprite_volume_flush(SpriteVolume *v, GError **errp)
         return 0;
     }
     g_mutex_lock(&v->lock);
-    ret = v->fenced ? check_writable(v, errp) : commit_pending(v, errp);
+    ret = commit_pending(v, errp);
+    if (ret == 0) {
+        ret = check_writable(v, errp);
+    }
     g_mutex_unlock(&v->lock);
     return ret;
 }
@@ -1079,7 +1096,7 @@ int sprite_volume_truncate(SpriteVolume *v, uint64_t size, GError **errp)
         ret = -EINVAL;
     } else if (size > v->size) {
         __atomic_store_n(&v->size, size, __ATOMIC_RELAXED);
-        v->size_dirty = true;
+        v->segment_due = true;
     }
 out:
     g_mutex_unlock(&v->lock);
@@ -1093,8 +1110,7 @@ void sprite_volume_close(SpriteVolume *v)
     }
     if (!v->read_only) {
         g_mutex_lock(&v->lock);
-        if (!v->fenced && commit_pending(v, NULL) == 0 &&
-            v->seq > v->snap_seq) {
+        if (commit_pending(v, NULL) == 0 && v->seq > v->snap_seq) {
             upload_snapshot(v, NULL);
         }
         g_mutex_unlock(&v->lock);
@@ -1273,6 +1289,9 @@ void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info)
     info->generation = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
     info->data_bytes = __atomic_load_n(&v->data_bytes, __ATOMIC_RELAXED);
     info->store_bytes = __atomic_load_n(&v->store_bytes, __ATOMIC_RELAXED);
+    info->writable = !v->read_only;
+    info->epoch = v->lease_info.epoch;
+    info->fencing = v->lease_info.fencing;
 }
 
 void sprite_volume_info_clear(SpriteVolumeInfo *info)

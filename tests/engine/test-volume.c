@@ -9,6 +9,8 @@
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "sprite/volume.h"
 #include "store/segment.h"
@@ -325,25 +327,42 @@ static void test_errors(gconstpointer data)
     /* A second writer with the same cache directory. */
     g_assert_cmpint(sprite_volume_open(&o, &w, &err), ==, -EBUSY);
     g_clear_error(&err);
-    /* ... and one with its own cache: it loses at its first flush. */
-    if (b->fences) {
+    /* ... and one with its own cache (another host): the lease says no. */
+    {
         g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
         SpriteVolumeOptions o2 = o;
+        SpriteVolumeInfo info;
+
+        sprite_volume_get_info(v, &info);
+        g_assert_true(info.writable);
+        g_assert_cmpuint(info.epoch, ==, 1);
+        g_assert_cmpint(info.fencing, ==, b->fences);
+        sprite_volume_info_clear(&info);
 
         o2.cache_dir = cache2;
-        g_assert_cmpint(sprite_volume_open(&o2, &w, &err), ==, 0);
-        g_assert_cmpint(sprite_volume_writev(v, 0, sizeof(buf), &iov, 1,
-                                             &err), ==, 0);
-        g_assert_cmpint(sprite_volume_writev(w, 512, sizeof(buf), &iov, 1,
-                                             &err), ==, 0);
-        g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
-        g_assert_cmpint(sprite_volume_flush(w, &err), ==, -EIO);
-        g_assert_nonnull(strstr(err->message, "another writer"));
+        g_assert_cmpint(sprite_volume_open(&o2, &w, &err), ==, -EBUSY);
+        g_assert_nonnull(strstr(err->message, "takeover=on"));
         g_clear_error(&err);
-        g_assert_cmpint(sprite_volume_writev(w, 512, sizeof(buf), &iov, 1,
-                                             &err), ==, -EIO);
-        g_clear_error(&err);
-        sprite_volume_close(w);
+        if (b->fences) {
+            /* Taking over fences the old writer off at its next flush. */
+            o2.takeover = true;
+            g_assert_cmpint(sprite_volume_writev(v, 0, sizeof(buf), &iov, 1,
+                                                 &err), ==, 0);
+            g_assert_cmpint(sprite_volume_open(&o2, &w, &err), ==, 0);
+            sprite_volume_get_info(w, &info);
+            g_assert_cmpuint(info.epoch, ==, 2);
+            sprite_volume_info_clear(&info);
+            g_assert_cmpint(sprite_volume_flush(v, &err), ==, -EIO);
+            g_assert_nonnull(strstr(err->message, "another writer"));
+            g_clear_error(&err);
+            g_assert_cmpint(sprite_volume_writev(v, 512, sizeof(buf), &iov, 1,
+                                                 &err), ==, -EIO);
+            g_clear_error(&err);
+            g_assert_cmpint(sprite_volume_writev(w, 512, sizeof(buf), &iov, 1,
+                                                 &err), ==, 0);
+            g_assert_cmpint(sprite_volume_flush(w, &err), ==, 0);
+            sprite_volume_close(w);
+        }
     }
     sprite_volume_close(v);
     /* Malformed URLs. */
@@ -450,6 +469,51 @@ static void test_newer_format(gconstpointer data)
     sprite_objstore_close(os);
 }
 
+/* A writer that died without closing holds the lease until it expires. */
+static void test_lease_expiry(gconstpointer data)
+{
+    const Backend *b = data;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
+    g_autoptr(GError) err = NULL;
+    SpriteVolumeInfo info;
+    SpriteVolume *v;
+    int status;
+    pid_t pid;
+
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    o.lease_ms = 1000;
+    pid = fork();
+    if (pid == 0) {
+        /* Open, then die without releasing anything. */
+        _exit(sprite_volume_open(&o, &v, NULL) == 0 ? 0 : 1);
+    }
+    g_assert_cmpint(waitpid(pid, &status, 0), ==, pid);
+    g_assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    o.cache_dir = cache2;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, -EBUSY);
+    g_clear_error(&err);
+    g_usleep(1200 * 1000);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    sprite_volume_get_info(v, &info);
+    g_assert_cmpuint(info.epoch, ==, 2);
+    /* We claimed segment 1, fencing the dead writer off for good. */
+    g_assert_cmpuint(info.generation, ==, 1);
+    sprite_volume_info_clear(&info);
+    sprite_volume_close(v);
+
+    /* A clean close releases it: the next writer needs no fence. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    sprite_volume_get_info(v, &info);
+    g_assert_cmpuint(info.epoch, ==, 3);
+    g_assert_cmpuint(info.generation, ==, 1);
+    sprite_volume_info_clear(&info);
+    sprite_volume_close(v);
+}
+
 static void test_bad_credentials(void)
 {
     g_autofree char *url = NULL, *cache = NULL;
@@ -470,10 +534,11 @@ static void test_bad_credentials(void)
 int main(int argc, char **argv)
 {
     const char *tests[] = { "differential", "flush-durable", "clone",
-                            "errors", "corrupt", "newer-format" };
+                            "errors", "corrupt", "newer-format",
+                            "lease-expiry" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
-                            test_newer_format };
+                            test_newer_format, test_lease_expiry };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

@@ -19,6 +19,7 @@
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -98,9 +99,10 @@ static char *env_get(const Backend *b, const char *what)
     return g_strdup(g_getenv(name));
 }
 
-static int open_store_full(const char *url_str, const char *access_key,
-                           const char *secret_key, unsigned timeout_ms,
-                           SpriteObjstore **os, GError **errp)
+static int open_store_retry(const char *url_str, const char *access_key,
+                            const char *secret_key, unsigned timeout_ms,
+                            unsigned retry_ms, SpriteObjstore **os,
+                            GError **errp)
 {
     g_autoptr(SpriteUrl) url = sprite_url_parse(url_str, errp);
     SpriteObjstoreConfig cfg = {
@@ -109,11 +111,21 @@ static int open_store_full(const char *url_str, const char *access_key,
         .sslverify = true,
         .timeout_ms = timeout_ms,
         .connect_timeout_ms = timeout_ms,
+        .retry_ms = retry_ms,
     };
 
     g_assert_nonnull(url);
     cfg.url = url;
     return sprite_objstore_open(&cfg, os, errp);
+}
+
+/* Without retries: failures show at once. */
+static int open_store_full(const char *url_str, const char *access_key,
+                           const char *secret_key, unsigned timeout_ms,
+                           SpriteObjstore **os, GError **errp)
+{
+    return open_store_retry(url_str, access_key, secret_key, timeout_ms,
+                            UINT_MAX, os, errp);
 }
 
 /* Open @f's store, or a variant: another bucket (directory) or secret. */
@@ -1129,6 +1141,17 @@ static void test_s3_unreachable(void)
     g_clear_error(&err);
     g_assert_cmpint(sprite_objstore_put(os, "k", "x", 1, 0, NULL, NULL,
                                         &err), ==, -ECONNREFUSED);
+    sprite_objstore_close(os);
+    g_clear_error(&err);
+
+    /* With a retry budget, a put keeps trying for that long, then fails. */
+    g_assert_cmpint(open_store_retry(url, "AKID", "SECRET", 0, 1500, &os,
+                                     &err), ==, 0);
+    t0 = g_get_monotonic_time();
+    g_assert_cmpint(sprite_objstore_put(os, "k", "x", 1, 0, NULL, NULL,
+                                        &err), ==, -ECONNREFUSED);
+    g_assert_cmpint(g_get_monotonic_time() - t0, >=, 1400 * 1000);
+    g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
     sprite_objstore_close(os);
 }
 

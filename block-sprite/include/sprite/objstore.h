@@ -28,6 +28,11 @@
  *  - Objects are written whole and atomically: a reader sees the old
  *    object, the new one, or none, never a part (the local backend writes
  *    a temporary file and renames it).
+ *  - The dispatcher retries transient failures within the configured
+ *    budget (SpriteObjstoreConfig.retry_ms).  A conditional put that is
+ *    retried after its first attempt may have reached the server reads the
+ *    object back when it then "loses", and succeeds if the object holds
+ *    exactly its bytes: a retried put is idempotent.
  *  - All functions are thread-safe: one SpriteObjstore may be used from
  *    many threads at once, each call being one (or, with retries, a few)
  *    request(s) in flight.
@@ -84,7 +89,17 @@ typedef struct SpriteObjstoreConfig {
     const char *cafile;             /* https only: CA bundle, or NULL */
     unsigned timeout_ms;            /* per request; 0: default (30 s) */
     unsigned connect_timeout_ms;    /* 0: default (5 s) */
+    /*
+     * How long a request that failed for a reason that may pass (5xx,
+     * throttling, reset, timeout, refused connection) is retried, with
+     * exponential backoff, before the error is returned.  0: default
+     * (SPRITE_OBJSTORE_RETRY_DEFAULT_MS); UINT_MAX: no retries.
+     * sprite_objstore_check() never retries, so that opening fails fast.
+     */
+    unsigned retry_ms;
 } SpriteObjstoreConfig;
+
+#define SPRITE_OBJSTORE_RETRY_DEFAULT_MS 30000
 
 /*
  * Open the store described by @cfg.  Does not contact the server (so it

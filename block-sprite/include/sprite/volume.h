@@ -43,6 +43,10 @@ typedef struct SpriteVolumeOptions {
     const char *region;             /* NULL: us-east-1 */
     bool no_sslverify;              /* https: do not verify the peer */
     const char *cafile;             /* https: CA bundle, or NULL */
+    unsigned retry_ms;              /* retry budget of a request, see
+                                     * SpriteObjstoreConfig.retry_ms */
+    bool takeover;                  /* take the lease even if held */
+    unsigned lease_ms;              /* 0: 30 s (see volume/lease.h) */
     bool read_only;
 } SpriteVolumeOptions;
 
@@ -58,8 +62,12 @@ typedef struct SpriteVolumeOptions {
 int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
                          const char *base_url, GError **errp);
 
-/* Open a volume.  On success *@out is the volume, to be closed with
- * sprite_volume_close(). */
+/*
+ * Open a volume.  On success *@out is the volume, to be closed with
+ * sprite_volume_close().  A writer takes the volume's lease: this fails
+ * with -EBUSY, naming the holder, if another writer holds it, unless
+ * @o->takeover.
+ */
 int sprite_volume_open(const SpriteVolumeOptions *o, SpriteVolume **out,
                        GError **errp);
 
@@ -117,6 +125,9 @@ typedef struct SpriteVolumeInfo {
     uint64_t generation;    /* newest durable segment */
     uint64_t data_bytes;    /* virtual bytes mapped to data of this volume */
     uint64_t store_bytes;   /* bytes of this volume's objects on the store */
+    bool writable;          /* open for writing, with a lease: */
+    uint64_t epoch;         /*   the lease's epoch */
+    bool fencing;           /*   the store honours conditional writes */
 } SpriteVolumeInfo;
 
 /* Fill @info; free its strings with sprite_volume_info_clear().  Never

@@ -26,6 +26,7 @@
 #include "qapi/qapi-visit-block-core.h"
 #include "qobject/qdict.h"
 #include "qemu/cutils.h"
+#include "qemu/error-report.h"
 #include "qemu/module.h"
 #include "qemu/option.h"
 #include "trace.h"
@@ -38,6 +39,8 @@
 #define SPRITE_OPT_REGION "region"
 #define SPRITE_OPT_SSLVERIFY "sslverify"
 #define SPRITE_OPT_CAFILE "cafile"
+#define SPRITE_OPT_RETRY_TIMEOUT "retry-timeout"
+#define SPRITE_OPT_TAKEOVER "takeover"
 #define SPRITE_OPT_BASE "base"
 
 typedef struct BDRVSpriteState {
@@ -89,6 +92,18 @@ static QemuOptsList runtime_opts = {
             .type = QEMU_OPT_STRING,
             .help = "CA certificates to verify the server with",
         },
+        {
+            .name = SPRITE_OPT_RETRY_TIMEOUT,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Seconds a failed object store request is retried "
+                    "(default: 30)",
+        },
+        {
+            .name = SPRITE_OPT_TAKEOVER,
+            .type = QEMU_OPT_BOOL,
+            .help = "Take the volume over from a writer that holds its "
+                    "lease (default: off)",
+        },
         { /* end of list */ }
     },
 };
@@ -126,6 +141,7 @@ static int sprite_volume_options(QemuOpts *opts, SpriteVolumeOptions *o,
                                  char **secret, Error **errp)
 {
     const char *key_secret = qemu_opt_get(opts, SPRITE_OPT_KEY_SECRET);
+    uint64_t retry;
 
     memset(o, 0, sizeof(*o));
     *secret = NULL;
@@ -140,6 +156,15 @@ static int sprite_volume_options(QemuOpts *opts, SpriteVolumeOptions *o,
     o->region = qemu_opt_get(opts, SPRITE_OPT_REGION);
     o->no_sslverify = !qemu_opt_get_bool(opts, SPRITE_OPT_SSLVERIFY, true);
     o->cafile = qemu_opt_get(opts, SPRITE_OPT_CAFILE);
+    o->takeover = qemu_opt_get_bool(opts, SPRITE_OPT_TAKEOVER, false);
+    retry = qemu_opt_get_number(opts, SPRITE_OPT_RETRY_TIMEOUT, 30);
+    if (retry > UINT32_MAX / 1000) {
+        error_setg(errp, "sprite: '" SPRITE_OPT_RETRY_TIMEOUT "' is too "
+                   "large");
+        return -EINVAL;
+    }
+    /* 0 means no retries at all; the library's 0 means its default. */
+    o->retry_ms = retry ? retry * 1000 : UINT_MAX;
     o->access_key_id = qemu_opt_get(opts, SPRITE_OPT_ACCESS_KEY_ID);
 
     if (!o->access_key_id && !key_secret) {
@@ -201,6 +226,17 @@ static int sprite_open(BlockDriverState *bs, QDict *options, int flags,
     }
     s->url = g_strdup(o.url);
     trace_sprite_open(s, s->url, o.read_only);
+    if (!o.read_only) {
+        SpriteVolumeInfo info;
+
+        sprite_volume_get_info(s->vol, &info);
+        if (!info.fencing) {
+            warn_report("sprite: the object store of '%s' ignores "
+                        "conditional writes: a second writer cannot be "
+                        "fenced off", info.url);
+        }
+        sprite_volume_info_clear(&info);
+    }
 
     bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
     ret = 0;
@@ -420,6 +456,12 @@ sprite_get_specific_info(BlockDriverState *bs, Error **errp)
     d->data_bytes = info.data_bytes;
     d->store_bytes = info.store_bytes;
     d->cache_dir = g_strdup(info.cache_dir);
+    if (info.writable) {
+        d->has_epoch = true;
+        d->epoch = info.epoch;
+        d->has_fencing = true;
+        d->fencing = info.fencing;
+    }
     sprite_volume_info_clear(&info);
 
     spec->type = IMAGE_INFO_SPECIFIC_KIND_SPRITE;
