@@ -16,6 +16,8 @@
 
 /* Chunks fetched beyond the last one asked for, for sequential reads. */
 #define READAHEAD_CHUNKS 15
+/* Fetches of a chunk that fails its checksum before it is an error. */
+#define REFETCHES 2
 
 typedef struct CachedSeg {
     uint64_t seq;
@@ -262,6 +264,7 @@ static int load(SpriteSegCache *c, uint64_t seq, CachedSeg **out,
     SpriteSegHeader *h = NULL;
     uint32_t need = SPRITE_SEG_ALIGN;
     bool from_cache = true;
+    unsigned refetches = 0;
     int fd, ret;
 
     if (s && s->h) {
@@ -296,11 +299,12 @@ static int load(SpriteSegCache *c, uint64_t seq, CachedSeg **out,
         if (ret == 0) {
             break;
         }
-        if (!from_cache) {
+        if (!from_cache && (ret != -EIO || ++refetches > REFETCHES)) {
             close(fd);
             return ret;
         }
-        /* Not (or not wholly) in the cache: fetch it. */
+        /* Not (or not wholly) in the cache, or damaged on the way: fetch. */
+        g_clear_error(errp);
         from_cache = false;
         need = SPRITE_SEG_ALIGN;
     }
@@ -343,6 +347,7 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
     const SpriteSegHeader *h = s->h;
     g_autofree uint8_t *buf = NULL;
     uint32_t i = first;
+    unsigned refetches = 0;
 
     while (i <= last) {
         uint32_t j, end;
@@ -375,6 +380,10 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         ret = fetch(c, s->seq, h->header_len + off, len, buf, errp);
         if (ret < 0) {
             return ret;
+        }
+        if (!sprite_seg_chunk_ok(h, i, buf) && ++refetches <= REFETCHES) {
+            /* Perhaps damaged on the way: ask once more. */
+            continue;
         }
         for (j = i; j <= end; j++) {
             if (sprite_seg_chunk_ok(h, j, buf + (uint64_t)(j - i) *

@@ -102,6 +102,24 @@ static void read_all_equal(SpriteVolume *v, const uint8_t *model,
     g_assert_true(memcmp(buf, model, size) == 0);
 }
 
+/* The object store behind volume @url, to inspect or damage objects. */
+static SpriteObjstore *open_store(const Backend *b, const char *url,
+                                  SpriteUrl **u)
+{
+    SpriteObjstoreConfig cfg = {
+        .access_key_id = b->key,
+        .secret_access_key = b->secret,
+    };
+    g_autoptr(GError) err = NULL;
+    SpriteObjstore *os;
+
+    *u = sprite_url_parse(url, &err);
+    g_assert_no_error(err);
+    cfg.url = *u;
+    g_assert_cmpint(sprite_objstore_open(&cfg, &os, &err), ==, 0);
+    return os;
+}
+
 static void rm_rf(const char *path)
 {
     g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", path);
@@ -387,7 +405,6 @@ static void test_corrupt(gconstpointer data)
     g_autofree uint8_t *copy = NULL;
     g_autofree uint8_t *buf = g_malloc(200000);
     struct iovec iov = { buf, 200000 };
-    SpriteObjstoreConfig cfg = { 0 };
     SpriteObjstore *os;
     SpriteVolume *v;
     size_t len;
@@ -398,11 +415,7 @@ static void test_corrupt(gconstpointer data)
     g_assert_cmpint(sprite_volume_writev(v, 0, 200000, &iov, 1, &err), ==, 0);
     sprite_volume_close(v);
 
-    u = sprite_url_parse(url, &err);
-    cfg.url = u;
-    cfg.access_key_id = b->key;
-    cfg.secret_access_key = b->secret;
-    g_assert_cmpint(sprite_objstore_open(&cfg, &os, &err), ==, 0);
+    os = open_store(b, url, &u);
     key = sprite_key_segment(u->volume, 1);
     g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
     copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));
@@ -446,17 +459,12 @@ static void test_newer_format(gconstpointer data)
     g_autoptr(GBytes) obj = NULL;
     g_autofree char *key = NULL;
     g_autofree uint8_t *copy = NULL;
-    SpriteObjstoreConfig cfg = { 0 };
     SpriteObjstore *os;
     SpriteVolume *v;
     size_t len;
 
     g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
-    u = sprite_url_parse(url, &err);
-    cfg.url = u;
-    cfg.access_key_id = b->key;
-    cfg.secret_access_key = b->secret;
-    g_assert_cmpint(sprite_objstore_open(&cfg, &os, &err), ==, 0);
+    os = open_store(b, url, &u);
     key = sprite_key_descriptor(u->volume);
     g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
     copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));

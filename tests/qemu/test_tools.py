@@ -185,6 +185,34 @@ class ToolsTest(unittest.TestCase):
                 run(QEMU_IMG, "compare", "-f", "raw", "-F", "raw", raw, url,
                     env=s.env)
 
+    def test_second_writer(self):
+        """A second writer is refused, and takeover=on fences the first."""
+        import time
+        for s in self.stores:
+            with self.subTest(store=s.name):
+                url = s.url()
+                run(QEMU_IMG, "create", "-f", "raw", url, "16M", env=s.env)
+                first = subprocess.Popen(
+                    [QEMU_IO, "-f", "raw", "-c", "write -P 0x11 0 64k",
+                     "-c", "sleep 2000", "-c", "write -P 0x22 0 64k", url],
+                    env=dict(s.env, XDG_CACHE_HOME=str(self.tmp / "w1")),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True)
+                time.sleep(1.0)
+                env2 = dict(s.env, XDG_CACHE_HOME=str(self.tmp / "w2"))
+                r = run(QEMU_IO, "-f", "raw", "-c", "read 0 64k", url,
+                        env=env2, check=False)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn("is open for writing by", r.stdout + r.stderr)
+                self.assertIn("takeover=on", r.stdout + r.stderr)
+                run(QEMU_IO, "--image-opts", "-c", "write -P 0x33 0 64k",
+                    f"driver=sprite,url={url},takeover=on", env=env2)
+                out, _ = first.communicate(timeout=60)
+                # The first writer's second write is refused: fenced off.
+                self.assertIn("another writer", out)
+                run(QEMU_IO, "-f", "raw", "-r", "-c", "read -P 0x33 0 64k",
+                    url, env=env2)
+
     def test_bad_input(self):
         s = self.stores[0]
         url = s.url()
