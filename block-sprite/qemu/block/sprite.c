@@ -255,8 +255,13 @@ static void sprite_close(BlockDriverState *bs)
 
 static void sprite_refresh_limits(BlockDriverState *bs, Error **errp)
 {
-    /* libsprite reads and writes at byte granularity. */
-    bs->bl.request_alignment = 1;
+    /*
+     * libsprite reads and writes at byte granularity, but block status
+     * must come in whole sectors: qemu-img convert and others round a
+     * status shorter than a sector up to one.  The block layer does the
+     * read-modify-write of unaligned requests.
+     */
+    bs->bl.request_alignment = BDRV_SECTOR_SIZE;
 }
 
 static void sprite_refresh_filename(BlockDriverState *bs)
@@ -415,7 +420,16 @@ sprite_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
     if (ret < 0) {
         return sprite_io_error(ret, r.err);
     }
-    *pnum = r.pnum;
+    /*
+     * The block layer wants whole sectors.  Volumes written through QEMU
+     * only have sector-aligned extents, but libsprite allows any: a
+     * sector of mixed status is reported as data, which is always true.
+     */
+    if (r.pnum < BDRV_SECTOR_SIZE) {
+        r.pnum = BDRV_SECTOR_SIZE;
+        r.status = SPRITE_STATUS_DATA;
+    }
+    *pnum = QEMU_ALIGN_DOWN(r.pnum, BDRV_SECTOR_SIZE);
     *map = offset;
     *file = bs;
     ret = BDRV_BLOCK_OFFSET_VALID;
