@@ -6,21 +6,22 @@
  *
  * Data path.  A write is appended to the pending log (a file in the
  * volume's cache directory) and mapped in the pending overlay; it is
- * acknowledged then.  A flush turns the pending log into one segment
- * object (header + data, see store/segment.h), PUTs it with
- * If-None-Match, and only after the PUT succeeded applies its records to
- * the durable extent map and the SQLite database (I3).  Reads look in the
- * overlay, then the durable map, then the base volume; what none maps
- * reads as zeroes.
+ * acknowledged then.  A flush seals the pending log into one segment
+ * object in memory (header + data, see store/segment.h) and starts a new
+ * log, PUTs the segment with If-None-Match without holding the volume
+ * lock, and only after the PUT succeeded applies its records to the
+ * durable extent map and the SQLite database (I3).  Reads look in the
+ * pending overlay, the sealed segment, the durable map, then the base
+ * volume; what none maps reads as zeroes.
  *
  * Metadata.  Every SNAPSHOT_EVERY segments, and at close, a copy of the
  * database is uploaded as a metadata snapshot, so that opening on a host
  * with an empty cache costs one snapshot plus the segments after it.
  *
- * Locking.  @lock protects everything below it in SpriteVolume.  It is
- * held across a flush's upload, so other I/O waits for a flush to end.
- * A base volume has its own lock, taken with ours held: the lock order
- * is clone, then base.
+ * Locking.  @flush_lock serialises flushes; @lock protects the maps and
+ * logs and is not held across a network request, except the reads of a
+ * cache miss.  Order: @flush_lock, then @lock, then a base volume's
+ * @lock (reads of a clone take the base's lock with their own held).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +44,14 @@
 /* How long a writer's lease lasts without renewal. */
 #define LEASE_MS 30000
 
+/* A segment taken from the pending log, being (or to be) uploaded. */
+typedef struct Sealed {
+    SpriteSegHeader *h;
+    uint8_t *obj;               /* the whole object */
+    size_t len;
+    SpriteExtmap *map;          /* its writes; seg 0, data_off in obj data */
+} Sealed;
+
 struct SpriteVolume {
     SpriteUrl *url;
     char *url_str;
@@ -58,6 +67,13 @@ struct SpriteVolume {
     SpriteLease *lease;         /* writers only */
     SpriteLeaseInfo lease_info;
 
+    /*
+     * Serialises flushes, which upload without holding @lock so that I/O
+     * goes on meanwhile.  Lock order: @flush_lock, then @lock.
+     */
+    GMutex flush_lock;
+    uint64_t snap_seq;          /* newest uploaded metadata snapshot */
+
     GMutex lock;
     /* Protected by @lock; also read without it, atomically (getlength
      * must not wait for a flush's upload) */
@@ -66,7 +82,6 @@ struct SpriteVolume {
     uint64_t data_bytes;        /* bytes of the durable map that are data */
     uint64_t store_bytes;       /* bytes of the segments on the store */
     /* Protected by @lock */
-    uint64_t snap_seq;          /* newest uploaded metadata snapshot */
     bool segment_due;           /* write a segment even without records:
                                  * the size changed, or we must claim the
                                  * next sequence number (a takeover) */
@@ -74,11 +89,22 @@ struct SpriteVolume {
     SpriteMeta *meta;
     SpriteExtmap *map;          /* durable extents */
     SpriteExtmap *pending;      /* unflushed writes, by volume offset */
+    Sealed *sealed;             /* the segment being uploaded, if any */
     GArray *records;            /* SpriteRecord of the pending log */
     int pend_fd;
     uint64_t pend_len;
     SpriteSegCache *cache;
 };
+
+static void sealed_free(Sealed *sl)
+{
+    if (sl) {
+        sprite_seg_header_free(sl->h);
+        sprite_extmap_free(sl->map);
+        g_free(sl->obj);
+        g_free(sl);
+    }
+}
 
 static int errno_error(GError **errp, int err, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
@@ -563,13 +589,14 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
 /* ------------------------------------------------------------------ */
 /* Open, close, create */
 
-static int commit_pending(SpriteVolume *v, GError **errp);
+static int flush_volume(SpriteVolume *v, GError **errp);
 
 static SpriteVolume *volume_new(void)
 {
     SpriteVolume *v = g_new0(SpriteVolume, 1);
 
     g_mutex_init(&v->lock);
+    g_mutex_init(&v->flush_lock);
     v->lock_fd = -1;
     v->pend_fd = -1;
     v->map = sprite_extmap_new();
@@ -604,6 +631,8 @@ static void volume_free(SpriteVolume *v)
     g_free(v->base_url);
     g_free(v->dir);
     g_mutex_clear(&v->lock);
+    g_mutex_clear(&v->flush_lock);
+    sealed_free(v->sealed);
     g_free(v);
 }
 
@@ -689,7 +718,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
             goto fail;
         }
         /* Claim the next segment now, before a stale writer can (I6). */
-        ret = commit_pending(v, errp);
+        ret = flush_volume(v, errp);
         if (ret < 0) {
             goto fail;
         }
@@ -846,7 +875,7 @@ static uint64_t iov_len(const struct iovec *iov, int iovcnt)
 }
 
 /* Called with v->lock held */
-static int add_record(SpriteVolume *v, const SpriteRecord *r, GError **errp)
+static void add_record(SpriteVolume *v, const SpriteRecord *r)
 {
     SpriteExtent e = {
         .start = r->offset,
@@ -858,10 +887,23 @@ static int add_record(SpriteVolume *v, const SpriteRecord *r, GError **errp)
 
     g_array_append_val(v->records, *r);
     sprite_extmap_set(v->pending, &e, NULL, NULL);
-    if (v->pend_len >= PENDING_MAX) {
-        return commit_pending(v, errp);
+}
+
+/*
+ * After a write: upload without waiting for a flush once enough is
+ * pending.  The write is acknowledged either way; a failure here shows
+ * at the next flush.  Called with neither lock held.
+ */
+static void maybe_flush(SpriteVolume *v)
+{
+    bool due;
+
+    g_mutex_lock(&v->lock);
+    due = v->pend_len >= PENDING_MAX;
+    g_mutex_unlock(&v->lock);
+    if (due) {
+        flush_volume(v, NULL);
     }
-    return 0;
 }
 
 int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
@@ -905,9 +947,12 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
         done += n;
     }
     v->pend_len += len;
-    ret = add_record(v, &r, errp);
+    add_record(v, &r);
 out:
     g_mutex_unlock(&v->lock);
+    if (ret == 0) {
+        maybe_flush(v);
+    }
     return ret;
 }
 
@@ -927,7 +972,7 @@ static int write_zero_record(SpriteVolume *v, uint64_t offset, uint64_t len,
         ret = check_range(v, offset, len, errp);
     }
     if (ret == 0) {
-        ret = add_record(v, &r, errp);
+        add_record(v, &r);
     }
     g_mutex_unlock(&v->lock);
     return ret;
@@ -950,54 +995,52 @@ int sprite_volume_discard(SpriteVolume *v, uint64_t offset, uint64_t len,
     return write_zero_record(v, offset, len, errp);
 }
 
-/* Called with v->lock held */
+/*
+ * Upload a metadata snapshot of the database as it is now.
+ * Called with v->flush_lock held and v->lock not held.
+ */
 static int upload_snapshot(SpriteVolume *v, GError **errp)
 {
     g_autoptr(GBytes) db = NULL;
     g_autoptr(GBytes) obj = NULL;
     g_autofree char *key = NULL;
+    uint64_t seq;
     int ret;
 
-    ret = sprite_meta_set_u64(v->meta, "snap-seq", v->seq, errp);
+    g_mutex_lock(&v->lock);
+    seq = v->seq;
+    ret = sprite_meta_set_u64(v->meta, "snap-seq", seq, errp);
+    if (ret == 0) {
+        ret = sprite_meta_export(v->meta, &db, errp);
+    }
+    g_mutex_unlock(&v->lock);
     if (ret < 0) {
         return ret;
     }
-    ret = sprite_meta_export(v->meta, &db, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    obj = sprite_snap_encode(v->seq, g_bytes_get_data(db, NULL),
+    obj = sprite_snap_encode(seq, g_bytes_get_data(db, NULL),
                              g_bytes_get_size(db));
-    key = sprite_key_snapshot(v->url->volume, v->seq);
+    key = sprite_key_snapshot(v->url->volume, seq);
     ret = sprite_objstore_put(v->os, key, g_bytes_get_data(obj, NULL),
                               g_bytes_get_size(obj), SPRITE_PUT_DEFAULT,
                               NULL, NULL, errp);
     if (ret == 0) {
-        v->snap_seq = v->seq;
+        v->snap_seq = seq;
     }
     return ret;
 }
 
 /*
- * Turn the pending log into segment v->seq + 1 on the store, then map it.
- * Called with v->lock held.
+ * Turn the pending log into segment v->seq + 1, in memory (v->sealed),
+ * and start a new pending log: writes go on while it uploads.
+ * Called with v->lock held and v->sealed NULL.
  */
-static int commit_pending(SpriteVolume *v, GError **errp)
+static int seal_pending(SpriteVolume *v, GError **errp)
 {
-    g_autoptr(SpriteSegHeader) h = g_new0(SpriteSegHeader, 1);
-    g_autofree uint8_t *obj = NULL;
-    g_autofree char *key = NULL;
-    size_t total;
+    Sealed *sl = g_new0(Sealed, 1);
+    SpriteSegHeader *h = g_new0(SpriteSegHeader, 1);
     uint64_t done = 0;
-    int ret;
 
-    if (v->records->len == 0 && !v->segment_due) {
-        return 0;
-    }
-    ret = check_writable(v, errp);
-    if (ret < 0) {
-        return ret;
-    }
+    sl->h = h;
     h->seq = v->seq + 1;
     h->epoch = v->lease_info.epoch;
     h->volume_size = v->size;
@@ -1006,75 +1049,127 @@ static int commit_pending(SpriteVolume *v, GError **errp)
                            sizeof(SpriteRecord) * v->records->len);
     h->data_len = v->pend_len;
     h->header_len = sprite_seg_header_len(h->nrecords, h->data_len);
-    total = h->header_len + h->data_len;
-    obj = g_malloc(total);
+    sl->len = h->header_len + h->data_len;
+    sl->obj = g_malloc(sl->len);
     while (done < h->data_len) {
-        ssize_t k = pread(v->pend_fd, obj + h->header_len + done,
+        ssize_t k = pread(v->pend_fd, sl->obj + h->header_len + done,
                           h->data_len - done, done);
         if (k < 0 && errno == EINTR) {
             continue;
         }
         if (k <= 0) {
+            sealed_free(sl);
             return errno_error(errp, k < 0 ? errno : EIO, "cannot read the "
                                "pending log of volume '%s'", v->url_str);
         }
         done += k;
     }
-    sprite_seg_header_encode(h, obj + h->header_len, obj);
+    if (ftruncate(v->pend_fd, 0) < 0) {
+        sealed_free(sl);
+        return errno_error(errp, errno, "cannot truncate the pending log "
+                           "of volume '%s'", v->url_str);
+    }
+    sprite_seg_header_encode(h, sl->obj + h->header_len, sl->obj);
 
-    key = sprite_key_segment(v->url->volume, h->seq);
-    ret = sprite_objstore_put(v->os, key, obj, total,
+    /* The overlay now describes the sealed data (read from sl->obj). */
+    sl->map = v->pending;
+    v->pending = sprite_extmap_new();
+    g_array_set_size(v->records, 0);
+    v->pend_len = 0;
+    v->segment_due = false;
+    v->sealed = sl;
+    return 0;
+}
+
+/*
+ * PUT v->sealed, then map it (I3).  On failure it stays sealed, to be
+ * put again by the next flush.
+ * Called with v->flush_lock held and v->lock not held.
+ */
+static int upload_sealed(SpriteVolume *v, GError **errp)
+{
+    Sealed *sl = v->sealed;     /* only this thread changes it now */
+    g_autofree char *key = sprite_key_segment(v->url->volume, sl->h->seq);
+    int ret;
+
+    ret = sprite_objstore_put(v->os, key, sl->obj, sl->len,
                               SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
+    g_mutex_lock(&v->lock);
     if (ret == -EEXIST) {
         /* Someone else wrote our next segment: we are not the writer. */
         v->fenced = true;
         g_clear_error(errp);
         g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s': segment %016"
                     G_GINT64_MODIFIER "x was written by another writer; "
-                    "stopping writes to this volume", v->url_str, h->seq);
-        return -EIO;
-    }
-    if (ret < 0) {
+                    "stopping writes to this volume", v->url_str,
+                    sl->h->seq);
+        ret = -EIO;
+    } else if (ret < 0) {
         g_prefix_error(errp, "volume '%s': cannot upload segment: ",
                        v->url_str);
-        return ret;
+    } else {
+        /* Durable now: map it.  A cache failure only costs a refetch. */
+        sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
+        ret = apply_segment(v, sl->h, errp);
+        if (ret < 0) {
+            /* Map and database disagree: write no more (reopen repairs). */
+            v->fenced = true;
+        }
+        v->sealed = NULL;
+        sealed_free(sl);
     }
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
 
-    /* Durable now (I3): map it.  A cache failure only costs a refetch. */
-    sprite_segcache_insert(v->cache, h->seq, obj, total, NULL);
-    ret = apply_segment(v, h, errp);
-    if (ret < 0) {
-        /* The database is behind the store; the next open rolls forward. */
-        return ret;
+/*
+ * Make every write acknowledged before the call durable: upload a
+ * segment left sealed by a failed flush, then the pending log.
+ * Called with neither lock held.
+ */
+static int flush_volume(SpriteVolume *v, GError **errp)
+{
+    bool snapshot;
+    int ret;
+
+    g_mutex_lock(&v->flush_lock);
+    for (;;) {
+        bool retrying;
+
+        g_mutex_lock(&v->lock);
+        ret = check_writable(v, errp);
+        retrying = v->sealed != NULL;
+        if (ret == 0 && !retrying) {
+            if (v->records->len == 0 && !v->segment_due) {
+                g_mutex_unlock(&v->lock);
+                break;
+            }
+            ret = seal_pending(v, errp);
+        }
+        g_mutex_unlock(&v->lock);
+        if (ret == 0) {
+            ret = upload_sealed(v, errp);
+        }
+        /* After an old sealed segment, the pending log is still due. */
+        if (ret < 0 || !retrying) {
+            break;
+        }
     }
-    g_array_set_size(v->records, 0);
-    sprite_extmap_clear(v->pending);
-    v->pend_len = 0;
-    v->segment_due = false;
-    if (ftruncate(v->pend_fd, 0) < 0) {
-        return errno_error(errp, errno, "cannot truncate the pending log");
-    }
-    if (v->seq - v->snap_seq >= SNAPSHOT_EVERY) {
+    snapshot = ret == 0 && v->seq - v->snap_seq >= SNAPSHOT_EVERY;
+    if (snapshot) {
         /* Best effort: a missing snapshot only makes opening slower. */
         upload_snapshot(v, NULL);
     }
-    return 0;
+    g_mutex_unlock(&v->flush_lock);
+    return ret;
 }
 
 int sprite_volume_flush(SpriteVolume *v, GError **errp)
 {
-    int ret = 0;
-
     if (v->read_only) {
         return 0;
     }
-    g_mutex_lock(&v->lock);
-    ret = commit_pending(v, errp);
-    if (ret == 0) {
-        ret = check_writable(v, errp);
-    }
-    g_mutex_unlock(&v->lock);
-    return ret;
+    return flush_volume(v, errp);
 }
 
 int sprite_volume_truncate(SpriteVolume *v, uint64_t size, GError **errp)
@@ -1108,12 +1203,11 @@ void sprite_volume_close(SpriteVolume *v)
     if (!v) {
         return;
     }
-    if (!v->read_only) {
-        g_mutex_lock(&v->lock);
-        if (commit_pending(v, NULL) == 0 && v->seq > v->snap_seq) {
-            upload_snapshot(v, NULL);
-        }
-        g_mutex_unlock(&v->lock);
+    if (!v->read_only && flush_volume(v, NULL) == 0 &&
+        v->seq > v->snap_seq) {
+        g_mutex_lock(&v->flush_lock);
+        upload_snapshot(v, NULL);
+        g_mutex_unlock(&v->flush_lock);
     }
     volume_free(v);
 }
@@ -1126,27 +1220,37 @@ uint64_t sprite_volume_size(SpriteVolume *v)
     return __atomic_load_n(&v->size, __ATOMIC_RELAXED);
 }
 
+/* resolve() marks extents of the sealed segment with this seg number. */
+#define SEG_SEALED UINT64_MAX
+
 /*
- * What covers @off, looking in the overlay, then the durable map: sets
- * *@e (clipped to start at @off and to end before anything that overrides
- * it) and returns true, or returns false with *@gap set to the length of
- * the unmapped range at @off (at most @len).
+ * What covers @off, looking in the pending log, the sealed segment, then
+ * the durable map: sets *@e (clipped to start at @off and to end before
+ * anything that overrides it) and returns true, or returns false with
+ * *@gap set to the length of the unmapped range at @off (at most @len).
  * Called with v->lock held.
  */
 static bool resolve(SpriteVolume *v, uint64_t off, uint64_t len,
                     SpriteExtent *e, uint64_t *gap)
 {
-    uint64_t next_p, next_m;
+    uint64_t next_p, next_s = UINT64_MAX, next_m;
 
     if (sprite_extmap_find(v->pending, off, e, &next_p)) {
         e->len = MIN(e->len, len);
         return true;
     }
-    if (sprite_extmap_find(v->map, off, e, &next_m)) {
-        e->len = MIN(MIN(e->len, len), next_p - off);
+    len = MIN(len, next_p - off);
+    if (v->sealed && sprite_extmap_find(v->sealed->map, off, e, &next_s)) {
+        e->len = MIN(e->len, len);
+        e->seg = SEG_SEALED;
         return true;
     }
-    *gap = MIN(MIN(next_p, next_m) - off, len);
+    len = MIN(len, next_s - off);
+    if (sprite_extmap_find(v->map, off, e, &next_m)) {
+        e->len = MIN(e->len, len);
+        return true;
+    }
+    *gap = MIN(next_m - off, len);
     return false;
 }
 
@@ -1179,6 +1283,11 @@ static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
 static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
                       GError **errp)
 {
+    if (e->seg == SEG_SEALED) {
+        memcpy(buf, v->sealed->obj + v->sealed->h->header_len + e->data_off,
+               e->len);
+        return 0;
+    }
     if (e->seg == 0) {
         uint64_t done = 0;
 

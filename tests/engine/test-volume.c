@@ -477,6 +477,85 @@ static void test_newer_format(gconstpointer data)
     sprite_objstore_close(os);
 }
 
+/*
+ * Reads while flushes upload: each 4 KiB block is written once, with its
+ * own pattern, by a writer that flushes often; readers meanwhile must see
+ * every block either still zero or exactly its pattern, whichever of
+ * pending log, segment being uploaded or durable map holds it.
+ */
+typedef struct Concurrent {
+    SpriteVolume *v;
+    unsigned blocks;
+    gint written;                   /* blocks written so far (atomic) */
+    gint stop;                      /* atomic */
+    unsigned bad;
+} Concurrent;
+
+static gpointer concurrent_reader(gpointer opaque)
+{
+    Concurrent *c = opaque;
+    GRand *r = g_rand_new_with_seed(GPOINTER_TO_UINT(g_thread_self()));
+    uint8_t buf[4096];
+    struct iovec iov = { buf, sizeof(buf) };
+
+    while (!g_atomic_int_get(&c->stop)) {
+        unsigned b = g_rand_int_range(r, 0, c->blocks);
+        /* Read before the block: it was written before the read began. */
+        unsigned written = g_atomic_int_get(&c->written);
+        unsigned i;
+
+        g_assert_cmpint(sprite_volume_readv(c->v, (uint64_t)b * 4096, 4096,
+                                            &iov, 1, NULL), ==, 0);
+        for (i = 0; i < sizeof(buf); i++) {
+            if (buf[i] != buf[0] ||
+                (buf[0] != 0 && buf[0] != (uint8_t)(b % 255 + 1))) {
+                c->bad++;
+                break;
+            }
+        }
+        if (buf[0] == 0 && b < written) {
+            c->bad++;
+        }
+    }
+    g_rand_free(r);
+    return NULL;
+}
+
+static void test_concurrent(gconstpointer data)
+{
+    const Backend *b = data;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autoptr(GError) err = NULL;
+    Concurrent c = { .blocks = 256 };
+    GThread *readers[2];
+    uint8_t buf[4096];
+    struct iovec iov = { buf, sizeof(buf) };
+    unsigned i;
+
+    g_assert_cmpint(sprite_volume_create(&o, c.blocks * 4096, NULL, &err),
+                    ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &c.v, &err), ==, 0);
+    for (i = 0; i < G_N_ELEMENTS(readers); i++) {
+        readers[i] = g_thread_new("reader", concurrent_reader, &c);
+    }
+    for (i = 0; i < c.blocks; i++) {
+        memset(buf, i % 255 + 1, sizeof(buf));
+        g_assert_cmpint(sprite_volume_writev(c.v, (uint64_t)i * 4096, 4096,
+                                             &iov, 1, &err), ==, 0);
+        g_atomic_int_set(&c.written, i + 1);
+        if (i % 8 == 7) {
+            g_assert_cmpint(sprite_volume_flush(c.v, &err), ==, 0);
+        }
+    }
+    g_atomic_int_set(&c.stop, 1);
+    for (i = 0; i < G_N_ELEMENTS(readers); i++) {
+        g_thread_join(readers[i]);
+    }
+    g_assert_cmpuint(c.bad, ==, 0);
+    sprite_volume_close(c.v);
+}
+
 /* A writer that died without closing holds the lease until it expires. */
 static void test_lease_expiry(gconstpointer data)
 {
@@ -543,10 +622,11 @@ int main(int argc, char **argv)
 {
     const char *tests[] = { "differential", "flush-durable", "clone",
                             "errors", "corrupt", "newer-format",
-                            "lease-expiry" };
+                            "lease-expiry", "concurrent" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
-                            test_newer_format, test_lease_expiry };
+                            test_newer_format, test_lease_expiry,
+                            test_concurrent };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);
