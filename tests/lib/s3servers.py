@@ -432,6 +432,10 @@ ms mon client mode = crc
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 rgw data = {d}/rgw
 rgw dns name = localhost
+# reclaim deleted objects' tails within a minute, not hours: the OSD is
+# a memstore and long runs would fill it
+rgw gc obj min wait = 30
+rgw gc processor period = 30
 """
 
 
