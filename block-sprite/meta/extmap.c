@@ -171,3 +171,49 @@ uint64_t sprite_extmap_bytes(SpriteExtmap *m, SpriteExtentKind kind)
 {
     return m->bytes[kind];
 }
+
+static bool copy_one(const SpriteExtent *e, void *opaque)
+{
+    insert(opaque, e);
+    return true;
+}
+
+SpriteExtmap *sprite_extmap_copy(SpriteExtmap *m)
+{
+    SpriteExtmap *c = sprite_extmap_new();
+
+    sprite_extmap_foreach(m, 0, UINT64_MAX, copy_one, c);
+    return c;
+}
+
+typedef struct SumCtx {
+    uint32_t kind;
+    uint64_t bytes;
+} SumCtx;
+
+static bool sum_one(const SpriteExtent *e, void *opaque)
+{
+    SumCtx *c = opaque;
+
+    if (e->kind == c->kind) {
+        c->bytes += e->len;
+    }
+    return true;
+}
+
+uint64_t sprite_extmap_bytes_from(SpriteExtmap *m, uint64_t lo,
+                                  SpriteExtentKind kind)
+{
+    SumCtx c = { .kind = kind };
+
+    sprite_extmap_foreach(m, lo, UINT64_MAX, sum_one, &c);
+    return c.bytes;
+}
+
+uint64_t sprite_extmap_end(SpriteExtmap *m)
+{
+    GTreeNode *n = g_tree_node_last(m->tree);
+    const SpriteExtent *e = n ? g_tree_node_value(n) : NULL;
+
+    return e ? e->start + e->len : 0;
+}

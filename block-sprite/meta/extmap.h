@@ -24,7 +24,7 @@ typedef enum SpriteExtentKind {
 typedef struct SpriteExtent {
     uint64_t start;
     uint64_t len;
-    uint64_t seg;           /* segment seq (0: the pending log) */
+    uint64_t seg;           /* the segment that holds the data */
     uint64_t data_off;      /* offset of @start's byte in the data */
     uint32_t kind;
 } SpriteExtent;
@@ -61,5 +61,15 @@ void sprite_extmap_foreach(SpriteExtmap *m, uint64_t lo, uint64_t hi,
 /* Number of extents, and bytes mapped with @kind. */
 guint sprite_extmap_count(SpriteExtmap *m);
 uint64_t sprite_extmap_bytes(SpriteExtmap *m, SpriteExtentKind kind);
+
+/* A copy of @m. */
+SpriteExtmap *sprite_extmap_copy(SpriteExtmap *m);
+
+/* Bytes mapped with @kind by the extents that start at or after @lo. */
+uint64_t sprite_extmap_bytes_from(SpriteExtmap *m, uint64_t lo,
+                                  SpriteExtentKind kind);
+
+/* The end of the last extent (0 when empty). */
+uint64_t sprite_extmap_end(SpriteExtmap *m);
 
 #endif /* SPRITE_EXTMAP_H */

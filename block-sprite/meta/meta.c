@@ -31,6 +31,13 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS segments("
     "  seq INTEGER PRIMARY KEY, header_len INTEGER NOT NULL,"
     "  data_len INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS checkpoints("
+    "  id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, info TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS checkpoint_extents("
+    "  ckpt INTEGER NOT NULL, start INTEGER NOT NULL,"
+    "  length INTEGER NOT NULL, kind INTEGER NOT NULL,"
+    "  seg INTEGER NOT NULL, data_off INTEGER NOT NULL,"
+    "  PRIMARY KEY (ckpt, start)) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO volume VALUES ('format', '1');";
 
 static int sql_error(SpriteMeta *m, int rc, const char *what, GError **errp)
@@ -182,17 +189,12 @@ void sprite_meta_rollback(SpriteMeta *m)
     sqlite3_exec(m->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
-int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
-                             GError **errp)
+/* Load the extents that @st (bound, one row per extent) selects. */
+static int load_extents(SpriteMeta *m, sqlite3_stmt *st, SpriteExtmap *map,
+                        GError **errp)
 {
-    sqlite3_stmt *st;
-    int rc, ret;
+    int rc;
 
-    ret = prepare(m, "SELECT start, length, kind, seg, data_off FROM extents",
-                  &st, errp);
-    if (ret < 0) {
-        return ret;
-    }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         SpriteExtent e = {
             .start = sqlite3_column_int64(st, 0),
@@ -213,6 +215,137 @@ int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
     }
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "load extents", errp);
+}
+
+int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
+                             GError **errp)
+{
+    sqlite3_stmt *st;
+    int ret;
+
+    ret = prepare(m, "SELECT start, length, kind, seg, data_off FROM extents",
+                  &st, errp);
+    return ret < 0 ? ret : load_extents(m, st, map, errp);
+}
+
+int sprite_meta_load_checkpoint(SpriteMeta *m, uint64_t id,
+                                SpriteExtmap *map, GError **errp)
+{
+    sqlite3_stmt *st;
+    int ret;
+
+    ret = prepare(m, "SELECT start, length, kind, seg, data_off FROM "
+                  "checkpoint_extents WHERE ckpt = ?1", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    return load_extents(m, st, map, errp);
+}
+
+/* Run @sql with ?1 bound to @a, ?2 to @b and ?3 to @text if non-NULL. */
+static int exec_bound(SpriteMeta *m, const char *sql, uint64_t a,
+                      uint64_t b, const char *text, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, sql, &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    sqlite3_bind_int64(st, 1, a);
+    sqlite3_bind_int64(st, 2, b);
+    if (text) {
+        sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+    }
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, sql, errp);
+}
+
+int sprite_meta_add_checkpoint(SpriteMeta *m, uint64_t id, uint64_t seq,
+                               const char *info, GError **errp)
+{
+    int ret;
+
+    ret = exec_bound(m, "INSERT OR REPLACE INTO checkpoints "
+                     "VALUES (?1, ?2, ?3)", id, seq, info, errp);
+    if (ret == 0) {
+        ret = exec_bound(m, "DELETE FROM checkpoint_extents WHERE ckpt = ?1",
+                         id, 0, NULL, errp);
+    }
+    if (ret == 0) {
+        ret = exec_bound(m, "INSERT INTO checkpoint_extents SELECT ?1, "
+                         "start, length, kind, seg, data_off FROM extents",
+                         id, 0, NULL, errp);
+    }
+    return ret;
+}
+
+int sprite_meta_goto_checkpoint(SpriteMeta *m, uint64_t id, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT 1 FROM checkpoints WHERE id = ?1", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "checkpoint %" G_GUINT64_FORMAT
+                    " does not exist", id);
+        return -EIO;
+    }
+    if (rc != SQLITE_ROW) {
+        return sql_error(m, rc, "find checkpoint", errp);
+    }
+    ret = exec(m, "DELETE FROM extents", errp);
+    if (ret == 0) {
+        ret = exec_bound(m, "INSERT INTO extents SELECT start, length, kind, "
+                         "seg, data_off FROM checkpoint_extents WHERE "
+                         "ckpt = ?1", id, 0, NULL, errp);
+    }
+    return ret;
+}
+
+int sprite_meta_delete_checkpoint(SpriteMeta *m, uint64_t id, GError **errp)
+{
+    int ret;
+
+    ret = exec_bound(m, "DELETE FROM checkpoints WHERE id = ?1", id, 0,
+                     NULL, errp);
+    if (ret == 0) {
+        ret = exec_bound(m, "DELETE FROM checkpoint_extents WHERE ckpt = ?1",
+                         id, 0, NULL, errp);
+    }
+    return ret;
+}
+
+int sprite_meta_foreach_checkpoint(SpriteMeta *m,
+                                   void (*fn)(uint64_t id, uint64_t seq,
+                                              const char *info,
+                                              void *opaque),
+                                   void *opaque, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT id, seq, info FROM checkpoints ORDER BY id",
+                  &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+           (const char *)sqlite3_column_text(st, 2), opaque);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list checkpoints",
+                                             errp);
 }
 
 typedef struct StoreCtx {

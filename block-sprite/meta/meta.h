@@ -15,6 +15,12 @@
  *                                             -- the live extent map
  *   segments(seq INTEGER PRIMARY KEY, header_len, data_len)
  *                                             -- segments on the store
+ *   checkpoints(id INTEGER PRIMARY KEY, seq, info)
+ *                 -- checkpoints: the segment that took each, and its
+ *                    description (see SPRITE_REC_CHECKPOINT)
+ *   checkpoint_extents(ckpt, start, length, kind, seg, data_off,
+ *                      PRIMARY KEY (ckpt, start))
+ *                 -- each checkpoint's copy of the extent map
  *
  * Not thread-safe: the volume serialises access.
  */
@@ -30,6 +36,7 @@
 #define SPRITE_META_UUID "uuid"         /* the volume's uuid */
 #define SPRITE_META_SIZE "size"         /* volume size in bytes */
 #define SPRITE_META_SEQ "seq"           /* newest segment applied */
+#define SPRITE_META_WRITTEN "written"   /* data bytes of those segments */
 
 typedef struct SpriteMeta SpriteMeta;
 
@@ -53,6 +60,28 @@ void sprite_meta_rollback(SpriteMeta *m);
 /* Load every extent into @map. */
 int sprite_meta_load_extents(SpriteMeta *m, SpriteExtmap *map,
                              GError **errp);
+
+/* Load the extents of checkpoint @id into @map. */
+int sprite_meta_load_checkpoint(SpriteMeta *m, uint64_t id,
+                                SpriteExtmap *map, GError **errp);
+
+/* Record checkpoint @id, taken by segment @seq, as a copy of the live
+ * extents (replacing one of the same @id). */
+int sprite_meta_add_checkpoint(SpriteMeta *m, uint64_t id, uint64_t seq,
+                               const char *info, GError **errp);
+
+/* Make the live extents those of checkpoint @id. */
+int sprite_meta_goto_checkpoint(SpriteMeta *m, uint64_t id, GError **errp);
+
+int sprite_meta_delete_checkpoint(SpriteMeta *m, uint64_t id,
+                                  GError **errp);
+
+/* Call @fn for every checkpoint, by increasing @id. */
+int sprite_meta_foreach_checkpoint(SpriteMeta *m,
+                                   void (*fn)(uint64_t id, uint64_t seq,
+                                              const char *info,
+                                              void *opaque),
+                                   void *opaque, GError **errp);
 
 /* Make the extents starting in [@lo, @hi) those of @map. */
 int sprite_meta_store_window(SpriteMeta *m, SpriteExtmap *map,

@@ -92,7 +92,7 @@ void sprite_seg_header_encode(SpriteSegHeader *h, const void *data,
 
     memset(p, 0, h->header_len);
     memcpy(p, SPRITE_SEG_MAGIC, 8);
-    put_le32(p + 8, SPRITE_FORMAT_VERSION);
+    put_le32(p + 8, SPRITE_SEG_VERSION);
     put_le32(p + 12, h->header_len);
     put_le64(p + 16, h->seq);
     put_le64(p + 24, h->volume_size);
@@ -114,6 +114,35 @@ void sprite_seg_header_encode(SpriteSegHeader *h, const void *data,
     put_le64(p + 56, XXH64(p, h->header_len, 0));
 }
 
+/* Is @r a valid record of a segment of @version with @data_len bytes? */
+static bool record_ok(const SpriteRecord *r, uint32_t version,
+                      uint64_t data_len)
+{
+    bool in_data = r->data_off <= data_len &&
+                   r->length <= data_len - r->data_off;
+    uint64_t end = r->offset + r->length;
+
+    switch (r->kind) {
+    case SPRITE_REC_DATA:
+    case SPRITE_REC_ZERO:
+        if (r->length == 0 || end < r->offset ||
+            (r->kind == SPRITE_REC_DATA && !in_data)) {
+            return false;
+        }
+        /* Within the disk, or (version 2) within the VM state area. */
+        return end <= SPRITE_VMSTATE_BASE ||
+               (version >= 2 && r->offset >= SPRITE_VMSTATE_BASE &&
+                end <= SPRITE_VMSTATE_BASE + SPRITE_VMSTATE_LIMIT);
+    case SPRITE_REC_CHECKPOINT:
+        return version >= 2 && r->offset > 0 && r->length > 0 && in_data;
+    case SPRITE_REC_GOTO:
+    case SPRITE_REC_DELETE:
+        return version >= 2 && r->offset > 0 && r->length == 0;
+    default:
+        return false;
+    }
+}
+
 int sprite_seg_header_decode(const void *buf, size_t len, uint64_t seq,
                              SpriteSegHeader **out, uint32_t *need,
                              GError **errp)
@@ -131,11 +160,11 @@ int sprite_seg_header_decode(const void *buf, size_t len, uint64_t seq,
         return -EIO;
     }
     version = get_le32(p + 8);
-    if (version > SPRITE_FORMAT_VERSION) {
+    if (version > SPRITE_SEG_VERSION) {
         g_set_error(errp, SPRITE_ERROR, EPROTONOSUPPORT,
                     "segment %016" G_GINT64_MODIFIER "x has format version "
                     "%u, newer than this Sprite (%u): upgrade Sprite",
-                    seq, version, SPRITE_FORMAT_VERSION);
+                    seq, version, SPRITE_SEG_VERSION);
         return -EPROTONOSUPPORT;
     }
     h = g_new0(SpriteSegHeader, 1);
@@ -182,12 +211,7 @@ int sprite_seg_header_decode(const void *buf, size_t len, uint64_t seq,
         rec->length = get_le64(r + 8);
         rec->data_off = get_le64(r + 16);
         rec->kind = get_le32(r + 24);
-        if (rec->length == 0 || rec->offset + rec->length < rec->offset ||
-            rec->offset + rec->length > h->volume_size ||
-            (rec->kind != SPRITE_REC_DATA && rec->kind != SPRITE_REC_ZERO) ||
-            (rec->kind == SPRITE_REC_DATA &&
-             (rec->data_off > h->data_len ||
-              rec->length > h->data_len - rec->data_off))) {
+        if (!record_ok(rec, version, h->data_len)) {
             g_set_error(errp, SPRITE_ERROR, EIO,
                         "segment %016" G_GINT64_MODIFIER "x: record %u is "
                         "invalid", seq, i);
@@ -217,6 +241,11 @@ char *sprite_key_snapshot(const char *volume, uint64_t seq)
 char *sprite_key_descriptor(const char *volume)
 {
     return g_strdup_printf("%s/volume", volume);
+}
+
+char *sprite_key_holds(const char *volume, uint64_t id)
+{
+    return g_strdup_printf("%s/hold/%016" G_GINT64_MODIFIER "x/", volume, id);
 }
 
 bool sprite_key_parse_seq(const char *key, uint64_t *seq)

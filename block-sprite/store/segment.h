@@ -14,6 +14,9 @@
  *   V/volume               the descriptor (written once, never replaced)
  *   V/seg/<seq>            segment number <seq>, 16 lowercase hex digits
  *   V/meta/<seq>           metadata snapshot covering segments 1..<seq>
+ *   V/hold/<id>/<uuid>     a hold on checkpoint <id> (16 hex digits): the
+ *                          volume of that uuid was created from it; the
+ *                          body is that volume's URL
  *
  * DESCRIPTOR (V/volume):
  *    0  8  magic "SPRITEVD"
@@ -23,11 +26,14 @@
  *   24  B  body: a GKeyFile text, group [volume]:
  *            uuid=<volume uuid>  size=<bytes at creation>
  *            base=<URL of the base volume>  base-seq=<its pinned segment>
+ *            base-checkpoint=<ID of the base's checkpoint read instead of
+ *            its live state, if any>
  *   Valid iff the magic and version match and the checksum matches.
  *
  * SEGMENT (V/seg/<seq>): the writes of one flush, applied in order.
  *    0  8  magic "SPRITESG"
- *    8  4  format version (1)
+ *    8  4  format version (2; version 1 lacks record kinds 3 to 5 and
+ *          the VM state area, and is read the same way)
  *   12  4  header length H: multiple of 4096, the offset of the data
  *   16  8  seq, equal to the key's
  *   24  8  volume size after this segment
@@ -41,6 +47,20 @@
  *           24 4 kind: 1 DATA (bytes at data offset), 2 ZERO (reads as
  *                zeroes: on a volume without base the range is unmapped)
  *           28 4 zero
+ *          DATA and ZERO records address either the disk, [0, 2^62), or
+ *          the VM state area, [2^62, 2^62 + 2^61): savevm's stream of
+ *          the VM state at byte pos is kept at 2^62 + pos.  Checkpoint
+ *          records use the volume offset field for a checkpoint ID (>0):
+ *                3 CHECKPOINT: copy the live map (disk and VM state) to
+ *                  checkpoint ID; length and data offset locate its
+ *                  description in the data, a GKeyFile text, group
+ *                  [checkpoint]: name=, size= (disk bytes), vm-state-size=,
+ *                  date-sec=, date-nsec=, vm-clock-nsec=, icount= (-1:
+ *                  none), written= (data bytes the volume stored in
+ *                  segments before this record)
+ *                4 GOTO: replace the live map by checkpoint ID's, and the
+ *                  volume size by its size (length 0)
+ *                5 DELETE: forget checkpoint ID (length 0)
  *   64+32R C chunk checksums of 8 bytes: XXH64 of data bytes
  *          [i * 65536, min((i + 1) * 65536, D))
  *   then zero padding up to H
@@ -49,7 +69,7 @@
  * header checksum matches, and every chunk matches its checksum.  A chunk
  * is checked each time it is read from the store and the first time it
  * is read from the cache after open, so a corrupt or truncated object is
- * an I/O error, never data.  Records never overlap the volume size.
+ * an I/O error, never data.
  *
  * METADATA SNAPSHOT (V/meta/<seq>):
  *    0  8  magic "SPRITEMS"
@@ -72,6 +92,10 @@
 #include <stdint.h>
 
 #define SPRITE_FORMAT_VERSION 1
+#define SPRITE_SEG_VERSION 2
+/* The disk is [0, SPRITE_VMSTATE_BASE); the VM state area follows. */
+#define SPRITE_VMSTATE_BASE (1ULL << 62)
+#define SPRITE_VMSTATE_LIMIT (1ULL << 61)
 #define SPRITE_SEG_MAGIC "SPRITESG"
 #define SPRITE_SNAP_MAGIC "SPRITEMS"
 #define SPRITE_DESC_MAGIC "SPRITEVD"
@@ -85,6 +109,9 @@
 typedef enum SpriteRecordKind {
     SPRITE_REC_DATA = 1,
     SPRITE_REC_ZERO = 2,
+    SPRITE_REC_CHECKPOINT = 3,
+    SPRITE_REC_GOTO = 4,
+    SPRITE_REC_DELETE = 5,
 } SpriteRecordKind;
 
 typedef struct SpriteRecord {
@@ -142,6 +169,8 @@ uint32_t sprite_seg_chunk_len(const SpriteSegHeader *h, uint32_t i);
 char *sprite_key_segment(const char *volume, uint64_t seq);
 char *sprite_key_snapshot(const char *volume, uint64_t seq);
 char *sprite_key_descriptor(const char *volume);
+/* The prefix of the holds on checkpoint @id ("V/hold/<id>/"). */
+char *sprite_key_holds(const char *volume, uint64_t id);
 /* Parse the seq out of a ".../seg/<seq>" or ".../meta/<seq>" key; false if
  * it is not one. */
 bool sprite_key_parse_seq(const char *key, uint64_t *seq);

@@ -12,7 +12,22 @@
  * lock, and only after the PUT succeeded applies its records to the
  * durable extent map and the SQLite database (I3).  Reads look in the
  * pending overlay, the sealed segment, the durable map, then the base
- * volume; what none maps reads as zeroes.
+ * volume; what none maps reads as zeroes.  Extents name the segment that
+ * holds their data by its sequence number, the pending log included: it
+ * will become segment pending_seq().
+ *
+ * Checkpoints.  A checkpoint is a record in the pending log, like a
+ * write, and a copy of the extent map as the volume reads then.  Going to
+ * one is a record too, and makes the pending overlay that copy, marked
+ * opaque: reads no longer look below it.  The VM state (savevm's stream)
+ * is written to an area above the disk (SPRITE_VMSTATE_BASE) and so
+ * travels with the extent map into the checkpoint.
+ *
+ * Shipping.  A writer has a shipper thread that uploads the pending log
+ * in the background when it grows past PENDING_MAX and after a
+ * checkpoint.  A flush waits for the upload of whatever changed the disk;
+ * VM state and checkpoint records alone are left to the shipper, so that
+ * a checkpoint costs no upload in the VM's path.
  *
  * Metadata.  Every SNAPSHOT_EVERY segments, and at close, a copy of the
  * database is uploaded as a metadata snapshot, so that opening on a host
@@ -25,6 +40,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -37,20 +54,43 @@
 #include "store/segment.h"
 #include "volume/lease.h"
 
-/* Pending bytes that trigger an upload without waiting for a flush. */
+/* Pending bytes that wake the shipper to upload without a flush... */
 #define PENDING_MAX (32u << 20)
+/* ...and that make writers upload themselves, when it falls behind. */
+#define PENDING_HARD (256u << 20)
+/* How long the shipper waits before it tries a failed upload again. */
+#define SHIP_RETRY_US (5 * G_USEC_PER_SEC)
 /* Upload a metadata snapshot after this many segments. */
 #define SNAPSHOT_EVERY 64
 /* How long a writer's lease lasts without renewal. */
 #define LEASE_MS 30000
 
-/* A segment taken from the pending log, being (or to be) uploaded. */
+G_STATIC_ASSERT(SPRITE_VMSTATE_SIZE == SPRITE_VMSTATE_LIMIT);
+
+/*
+ * A segment taken from the pending log, being (or to be) uploaded.  The
+ * log's file becomes the sealed file, which readers read; the flushing
+ * thread builds @obj from it without holding the volume lock.
+ */
 typedef struct Sealed {
     SpriteSegHeader *h;
-    uint8_t *obj;               /* the whole object */
+    int fd;                     /* the sealed log: the segment's data */
+    char *path;
+    uint8_t *obj;               /* the whole object, once built */
     size_t len;
-    SpriteExtmap *map;          /* its writes; seg 0, data_off in obj data */
+    SpriteExtmap *map;          /* its view (see SpriteVolume.pending) */
+    bool opaque;
+    bool disk;                  /* it changes the disk, not only VM state */
 } Sealed;
+
+/* A checkpoint, as kept in memory. */
+typedef struct Ckpt {
+    SpriteCheckpoint pub;       /* owns pub.name; durable and added_bytes
+                                 * are computed when listed */
+    uint64_t seq;               /* the segment that holds its record */
+    uint64_t written;           /* SpriteVolume's bytes written, then */
+    SpriteExtmap *map;          /* its extents; NULL: in the database */
+} Ckpt;
 
 struct SpriteVolume {
     SpriteUrl *url;
@@ -81,6 +121,7 @@ struct SpriteVolume {
     uint64_t seq;               /* newest durable segment */
     uint64_t data_bytes;        /* bytes of the durable map that are data */
     uint64_t store_bytes;       /* bytes of the segments on the store */
+    uint64_t unshipped;         /* data bytes written, not yet durable */
     /* Protected by @lock */
     bool segment_due;           /* write a segment even without records:
                                  * the size changed, or we must claim the
@@ -89,21 +130,158 @@ struct SpriteVolume {
     SpriteMeta *meta;
     SpriteExtmap *map;          /* durable extents */
     SpriteExtmap *pending;      /* unflushed writes, by volume offset */
+    bool pending_opaque;        /* @pending is the whole view (a goto) */
     Sealed *sealed;             /* the segment being uploaded, if any */
+    uint64_t written;           /* data bytes of the durable segments */
     GArray *records;            /* SpriteRecord of the pending log */
+    unsigned pend_disk;         /* how many of them change the disk */
     int pend_fd;
     uint64_t pend_len;
     SpriteSegCache *cache;
+
+    /* Ckpt *, by increasing ID: changed with @lock and @ckpt_lock held,
+     * read with either (listing must not wait for a cache miss) */
+    GMutex ckpt_lock;
+    GPtrArray *ckpts;
+
+    /* The shipper (writers only); its flags are protected by @lock */
+    GThread *shipper;
+    GCond ship_cond;
+    bool ship_wanted;
+    bool ship_stop;
 };
+
+/* The sequence number the pending log will have as a segment. */
+static uint64_t pending_seq(SpriteVolume *v)
+{
+    return v->sealed ? v->sealed->h->seq + 1 : v->seq + 1;
+}
+
+static void ckpt_free(gpointer p)
+{
+    Ckpt *c = p;
+
+    g_free(c->pub.name);
+    sprite_extmap_free(c->map);
+    g_free(c);
+}
+
+/* The description stored with a checkpoint record. */
+static char *ckpt_encode(const Ckpt *c)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+
+    g_key_file_set_string(kf, "checkpoint", "name", c->pub.name);
+    g_key_file_set_uint64(kf, "checkpoint", "size", c->pub.size);
+    g_key_file_set_uint64(kf, "checkpoint", "vm-state-size",
+                          c->pub.vm_state_size);
+    g_key_file_set_int64(kf, "checkpoint", "date-sec", c->pub.date_sec);
+    g_key_file_set_int64(kf, "checkpoint", "date-nsec", c->pub.date_nsec);
+    g_key_file_set_int64(kf, "checkpoint", "vm-clock-nsec",
+                         c->pub.vm_clock_nsec);
+    g_key_file_set_int64(kf, "checkpoint", "icount", c->pub.icount);
+    g_key_file_set_uint64(kf, "checkpoint", "written", c->written);
+    return g_key_file_to_data(kf, NULL, NULL);
+}
+
+static Ckpt *ckpt_decode(uint64_t id, uint64_t seq, const char *text,
+                         size_t len, GError **errp)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) local = NULL;
+    Ckpt *c;
+
+    if (!g_key_file_load_from_data(kf, text, len, G_KEY_FILE_NONE, &local) ||
+        !g_key_file_has_key(kf, "checkpoint", "size", NULL)) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "checkpoint %" G_GUINT64_FORMAT
+                    " has an unreadable description", id);
+        return NULL;
+    }
+    c = g_new0(Ckpt, 1);
+    c->pub.id = id;
+    c->seq = seq;
+    c->pub.name = g_key_file_get_string(kf, "checkpoint", "name", NULL);
+    c->pub.size = g_key_file_get_uint64(kf, "checkpoint", "size", NULL);
+    c->pub.vm_state_size = g_key_file_get_uint64(kf, "checkpoint",
+                                                 "vm-state-size", NULL);
+    c->pub.date_sec = g_key_file_get_int64(kf, "checkpoint", "date-sec",
+                                           NULL);
+    c->pub.date_nsec = g_key_file_get_int64(kf, "checkpoint", "date-nsec",
+                                            NULL);
+    c->pub.vm_clock_nsec = g_key_file_get_int64(kf, "checkpoint",
+                                                "vm-clock-nsec", NULL);
+    c->pub.icount = g_key_file_get_int64(kf, "checkpoint", "icount", NULL);
+    c->written = g_key_file_get_uint64(kf, "checkpoint", "written", NULL);
+    if (!c->pub.name || !*c->pub.name || c->pub.size == 0 ||
+        c->pub.size % SPRITE_SECTOR_SIZE ||
+        c->pub.vm_state_size > SPRITE_VMSTATE_SIZE) {
+        ckpt_free(c);
+        g_set_error(errp, SPRITE_ERROR, EIO, "checkpoint %" G_GUINT64_FORMAT
+                    " has an invalid description", id);
+        return NULL;
+    }
+    return c;
+}
+
+/* The checkpoint with ID @id, or with name @name (either may be NULL);
+ * with both, one that has both.  Called with @lock or @ckpt_lock held. */
+static Ckpt *find_ckpt(SpriteVolume *v, const char *id, const char *name)
+{
+    guint i;
+
+    for (i = 0; i < v->ckpts->len; i++) {
+        Ckpt *c = g_ptr_array_index(v->ckpts, i);
+        g_autofree char *cid = g_strdup_printf("%" G_GUINT64_FORMAT,
+                                               c->pub.id);
+
+        if ((!id || g_str_equal(id, cid)) &&
+            (!name || g_str_equal(name, c->pub.name))) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* The checkpoint whose ID, else name, is @id_or_name (as qcow2 does). */
+static Ckpt *find_ckpt_by_id_or_name(SpriteVolume *v, const char *id_or_name)
+{
+    Ckpt *c = find_ckpt(v, id_or_name, NULL);
+
+    return c ? c : find_ckpt(v, NULL, id_or_name);
+}
 
 static void sealed_free(Sealed *sl)
 {
     if (sl) {
         sprite_seg_header_free(sl->h);
         sprite_extmap_free(sl->map);
+        if (sl->fd >= 0) {
+            close(sl->fd);
+            unlink(sl->path);
+        }
+        g_free(sl->path);
         g_free(sl->obj);
         g_free(sl);
     }
+}
+
+/* Read exactly @len bytes at @off of @fd. */
+static int pread_full(int fd, void *buf, uint64_t len, uint64_t off)
+{
+    uint64_t done = 0;
+
+    while (done < len) {
+        ssize_t k = pread(fd, (uint8_t *)buf + done, len - done, off + done);
+
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            return k < 0 ? -errno : -EIO;
+        }
+        done += k;
+    }
+    return 0;
 }
 
 static int errno_error(GError **errp, int err, const char *fmt, ...)
@@ -153,6 +331,7 @@ typedef struct Descriptor {
     uint64_t size;
     char *base;
     uint64_t base_seq;
+    uint64_t base_ckpt;
 } Descriptor;
 
 static void descriptor_clear(Descriptor *d)
@@ -198,6 +377,8 @@ static int read_descriptor(SpriteObjstore *os, const SpriteUrl *u,
     d->size = g_key_file_get_uint64(kf, "volume", "size", NULL);
     d->base = g_key_file_get_string(kf, "volume", "base", NULL);
     d->base_seq = g_key_file_get_uint64(kf, "volume", "base-seq", NULL);
+    d->base_ckpt = g_key_file_get_uint64(kf, "volume", "base-checkpoint",
+                                         NULL);
     if (!d->uuid || d->size == 0 || d->size % SPRITE_SECTOR_SIZE) {
         g_set_error(errp, SPRITE_ERROR, EIO,
                     "volume '%s': invalid descriptor", url);
@@ -287,6 +468,19 @@ static int lock_cache_dir(SpriteVolume *v, GError **errp)
                            "directory");
     }
     v->private_dir = true;
+    return 0;
+}
+
+/* Create (or empty) the pending log. */
+static int open_pending(SpriteVolume *v, GError **errp)
+{
+    g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
+    int fd = open(pend, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+        return errno_error(errp, errno, "cannot create %s", pend);
+    }
+    v->pend_fd = fd;
     return 0;
 }
 
@@ -388,10 +582,55 @@ static int restore_meta(SpriteVolume *v, const Descriptor *d, GError **errp)
     return 0;
 }
 
+/* Bytes of the disk (not the VM state area) that @map maps to data. */
+static uint64_t disk_data_bytes(SpriteExtmap *map)
+{
+    return sprite_extmap_bytes(map, SPRITE_EXT_DATA) -
+           sprite_extmap_bytes_from(map, SPRITE_VMSTATE_BASE, SPRITE_EXT_DATA);
+}
+
+/* Apply checkpoint record @r of segment @h to the database. */
+static int apply_checkpoint(SpriteVolume *v, const SpriteSegHeader *h,
+                            const SpriteRecord *r, GError **errp)
+{
+    g_autofree char *text = NULL;
+    Ckpt *c;
+    int ret;
+
+    switch (r->kind) {
+    case SPRITE_REC_CHECKPOINT:
+        text = g_malloc(r->length + 1);
+        ret = sprite_segcache_read(v->cache, h->seq, r->data_off, r->length,
+                                   text, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        text[r->length] = 0;
+        c = ckpt_decode(r->offset, h->seq, text, r->length, errp);
+        if (!c) {
+            return -EIO;
+        }
+        ckpt_free(c);
+        return sprite_meta_add_checkpoint(v->meta, r->offset, h->seq, text,
+                                          errp);
+    case SPRITE_REC_GOTO:
+        ret = sprite_meta_goto_checkpoint(v->meta, r->offset, errp);
+        if (ret == 0) {
+            sprite_extmap_clear(v->map);
+            ret = sprite_meta_load_extents(v->meta, v->map, errp);
+        }
+        return ret;
+    case SPRITE_REC_DELETE:
+        return sprite_meta_delete_checkpoint(v->meta, r->offset, errp);
+    }
+    g_assert_not_reached();
+}
+
 /* Apply the records of segment @h to the durable map and database. */
 static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
                          GError **errp)
 {
+    uint64_t written = v->written + h->data_len;
     uint32_t i;
     int ret;
 
@@ -411,6 +650,15 @@ static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
         };
         uint64_t lo, hi;
 
+        if (r->kind != SPRITE_REC_DATA && r->kind != SPRITE_REC_ZERO) {
+            ret = apply_checkpoint(v, h, r, errp);
+            if (ret < 0) {
+                g_prefix_error(errp, "volume '%s': segment %016"
+                               G_GINT64_MODIFIER "x: ", v->url_str, h->seq);
+                goto fail;
+            }
+            continue;
+        }
         sprite_extmap_set(v->map, &e, &lo, &hi);
         ret = sprite_meta_store_window(v->meta, v->map, lo, hi, errp);
         if (ret < 0) {
@@ -423,13 +671,15 @@ static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
                                    errp)) < 0 ||
         (ret = sprite_meta_set_u64(v->meta, SPRITE_META_SIZE,
                                    h->volume_size, errp)) < 0 ||
+        (ret = sprite_meta_set_u64(v->meta, SPRITE_META_WRITTEN, written,
+                                   errp)) < 0 ||
         (ret = sprite_meta_commit(v->meta, errp)) < 0) {
         goto fail;
     }
+    v->written = written;
     __atomic_store_n(&v->seq, h->seq, __ATOMIC_RELAXED);
     __atomic_store_n(&v->size, h->volume_size, __ATOMIC_RELAXED);
-    __atomic_store_n(&v->data_bytes,
-                     sprite_extmap_bytes(v->map, SPRITE_EXT_DATA),
+    __atomic_store_n(&v->data_bytes, disk_data_bytes(v->map),
                      __ATOMIC_RELAXED);
     __atomic_add_fetch(&v->store_bytes, h->header_len + h->data_len,
                        __ATOMIC_RELAXED);
@@ -542,6 +792,41 @@ static int local_meta_usable(SpriteVolume *v, const Descriptor *d,
     return 0;
 }
 
+typedef struct LoadCkptCtx {
+    SpriteVolume *v;
+    GError *err;
+} LoadCkptCtx;
+
+static void load_ckpt_cb(uint64_t id, uint64_t seq, const char *info,
+                         void *opaque)
+{
+    LoadCkptCtx *l = opaque;
+    Ckpt *c;
+
+    if (l->err) {
+        return;
+    }
+    c = ckpt_decode(id, seq, info, strlen(info), &l->err);
+    if (c) {
+        g_ptr_array_add(l->v->ckpts, c);
+    }
+}
+
+/* Fill v->ckpts from the database. */
+static int load_checkpoints(SpriteVolume *v, GError **errp)
+{
+    LoadCkptCtx l = { .v = v };
+    int ret;
+
+    g_ptr_array_set_size(v->ckpts, 0);
+    ret = sprite_meta_foreach_checkpoint(v->meta, load_ckpt_cb, &l, errp);
+    if (ret == 0 && l.err) {
+        g_propagate_prefixed_error(errp, l.err, "volume '%s': ", v->url_str);
+        ret = -EIO;
+    }
+    return ret;
+}
+
 static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
 {
     g_autofree char *path = meta_path(v);
@@ -582,14 +867,73 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
     if (ret < 0) {
         return ret;
     }
-    v->data_bytes = sprite_extmap_bytes(v->map, SPRITE_EXT_DATA);
-    return roll_forward(v, errp);
+    v->written = 0;
+    sprite_meta_get_u64(v->meta, SPRITE_META_WRITTEN, &v->written, NULL);
+    v->data_bytes = disk_data_bytes(v->map);
+    ret = roll_forward(v, errp);
+    if (ret == 0) {
+        ret = load_checkpoints(v, errp);
+    }
+    return ret;
 }
 
 /* ------------------------------------------------------------------ */
 /* Open, close, create */
 
 static int flush_volume(SpriteVolume *v, GError **errp);
+
+/* Wake the shipper.  Called with v->lock held. */
+static void kick_shipper(SpriteVolume *v)
+{
+    v->ship_wanted = true;
+    g_cond_signal(&v->ship_cond);
+}
+
+/* Upload whenever woken; after a failure, try again a little later. */
+static gpointer shipper_main(gpointer opaque)
+{
+    SpriteVolume *v = opaque;
+    int64_t retry_at = 0;
+
+    g_mutex_lock(&v->lock);
+    while (!v->ship_stop) {
+        int ret;
+
+        if (!v->ship_wanted) {
+            if (retry_at) {
+                g_cond_wait_until(&v->ship_cond, &v->lock, retry_at);
+                if (g_get_monotonic_time() >= retry_at) {
+                    v->ship_wanted = true;
+                }
+            } else {
+                g_cond_wait(&v->ship_cond, &v->lock);
+            }
+            continue;
+        }
+        v->ship_wanted = false;
+        g_mutex_unlock(&v->lock);
+        /* A failure stays sealed: the next flush reports it. */
+        ret = flush_volume(v, NULL);
+        g_mutex_lock(&v->lock);
+        retry_at = ret < 0 && !v->fenced ?
+                   g_get_monotonic_time() + SHIP_RETRY_US : 0;
+    }
+    g_mutex_unlock(&v->lock);
+    return NULL;
+}
+
+static void stop_shipper(SpriteVolume *v)
+{
+    if (v->shipper) {
+        g_mutex_lock(&v->lock);
+        v->ship_stop = true;
+        g_cond_signal(&v->ship_cond);
+        g_mutex_unlock(&v->lock);
+        g_thread_join(v->shipper);
+        v->shipper = NULL;
+    }
+}
+
 
 static SpriteVolume *volume_new(void)
 {
@@ -602,11 +946,15 @@ static SpriteVolume *volume_new(void)
     v->map = sprite_extmap_new();
     v->pending = sprite_extmap_new();
     v->records = g_array_new(FALSE, FALSE, sizeof(SpriteRecord));
+    g_mutex_init(&v->ckpt_lock);
+    g_cond_init(&v->ship_cond);
+    v->ckpts = g_ptr_array_new_with_free_func(ckpt_free);
     return v;
 }
 
 static void volume_free(SpriteVolume *v)
 {
+    stop_shipper(v);
     sprite_lease_release(v->lease);
     if (v->base) {
         sprite_volume_close(v->base);
@@ -632,12 +980,39 @@ static void volume_free(SpriteVolume *v)
     g_free(v->dir);
     g_mutex_clear(&v->lock);
     g_mutex_clear(&v->flush_lock);
+    g_mutex_clear(&v->ckpt_lock);
+    g_cond_clear(&v->ship_cond);
+    g_ptr_array_free(v->ckpts, TRUE);
     sealed_free(v->sealed);
     g_free(v);
 }
 
+/*
+ * A base opened for a clone of checkpoint @id: read as that checkpoint.
+ * Called before anyone else uses @v.
+ */
+static int pin_checkpoint(SpriteVolume *v, uint64_t id, GError **errp)
+{
+    g_autofree char *sid = g_strdup_printf("%" G_GUINT64_FORMAT, id);
+    Ckpt *c = find_ckpt(v, sid, NULL);
+
+    if (!c) {
+        g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s' lacks checkpoint "
+                    "%" G_GUINT64_FORMAT " that its clones depend on",
+                    v->url_str, id);
+        return -EIO;
+    }
+    sprite_extmap_clear(v->map);
+    v->size = c->pub.size;
+    return sprite_meta_load_checkpoint(v->meta, id, v->map, errp);
+}
+
+/*
+ * Open @o->url; a base of a clone is opened as of its segment @pin, and
+ * as its checkpoint @pin_ckpt if non-zero.
+ */
 static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
-                       SpriteVolume **out, GError **errp)
+                       uint64_t pin_ckpt, SpriteVolume **out, GError **errp)
 {
     SpriteVolume *v = volume_new();
     Descriptor d = { 0 };
@@ -671,7 +1046,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
 
         bo.url = d.base;
         bo.read_only = true;
-        ret = volume_open(&bo, d.base_seq, &v->base, errp);
+        ret = volume_open(&bo, d.base_seq, d.base_ckpt, &v->base, errp);
         if (ret < 0) {
             g_prefix_error(errp, "base of volume '%s': ", v->url_str);
             goto fail;
@@ -705,16 +1080,19 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         v->segment_due = v->lease_info.was_held;
     }
     ret = load_metadata(v, &d, errp);
+    if (ret == 0 && pin_ckpt) {
+        ret = pin_checkpoint(v, pin_ckpt, errp);
+    }
     if (ret < 0) {
         goto fail;
     }
     if (!v->read_only) {
-        g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
+        g_autofree char *sealed = g_build_filename(v->dir, "sealed", NULL);
 
-        v->pend_fd = open(pend, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
-                          0600);
-        if (v->pend_fd < 0) {
-            ret = errno_error(errp, errno, "cannot create %s", pend);
+        /* What a previous life left unflushed is lost, as promised. */
+        unlink(sealed);
+        ret = open_pending(v, errp);
+        if (ret < 0) {
             goto fail;
         }
         /* Claim the next segment now, before a stale writer can (I6). */
@@ -722,6 +1100,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         if (ret < 0) {
             goto fail;
         }
+        v->shipper = g_thread_new("sprite-ship", shipper_main, v);
     }
     descriptor_clear(&d);
     *out = v;
@@ -736,12 +1115,52 @@ fail:
 int sprite_volume_open(const SpriteVolumeOptions *o, SpriteVolume **out,
                        GError **errp)
 {
-    return volume_open(o, 0, out, errp);
+    return volume_open(o, 0, 0, out, errp);
+}
+
+/*
+ * Give the new clone @o->url of checkpoint @from the checkpoint itself:
+ * taken while the clone reads as the base's checkpoint, it restores that
+ * VM state.
+ */
+static int inherit_checkpoint(const SpriteVolumeOptions *o,
+                              const SpriteCheckpoint *from, GError **errp)
+{
+    SpriteVolumeOptions wo = *o;
+    SpriteVolume *v;
+    SpriteCheckpoint ck = *from;
+    int ret;
+
+    wo.read_only = false;
+    ret = sprite_volume_open(&wo, &v, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = sprite_volume_checkpoint_create(v, &ck, errp);
+    if (ret == 0) {
+        ret = sprite_volume_flush(v, errp);
+    }
+    sprite_volume_close(v);
+    return ret;
+}
+
+/* Record on the base that volume @uuid (@url) depends on checkpoint @id. */
+static int put_hold(SpriteVolume *base, uint64_t id, const char *uuid,
+                    const char *url, GError **errp)
+{
+    g_autofree char *prefix = sprite_key_holds(base->url->volume, id);
+    g_autofree char *key = g_strconcat(prefix, uuid, NULL);
+
+    return sprite_objstore_put(base->os, key, url, strlen(url),
+                               SPRITE_PUT_DEFAULT, NULL, NULL, errp);
 }
 
 int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
-                         const char *base_url, GError **errp)
+                         const char *base_url, const char *base_checkpoint,
+                         GError **errp)
 {
+    SpriteCheckpoint from = { 0 };
+    g_autofree char *from_name = NULL;
     g_autoptr(SpriteUrl) u = NULL;
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GBytes) obj = NULL;
@@ -759,9 +1178,15 @@ int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
         return -EINVAL;
     }
     url = sprite_url_to_string(u);
+    if (base_checkpoint && !base_url) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL,
+                    "a base checkpoint needs a base volume");
+        return -EINVAL;
+    }
     if (base_url) {
         SpriteVolumeOptions bo = *o;
         SpriteVolume *base;
+        uint64_t base_size;
 
         bo.url = base_url;
         bo.read_only = true;
@@ -770,23 +1195,43 @@ int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
             g_prefix_error(errp, "base volume: ");
             return ret;
         }
-        if (size == 0) {
-            size = base->size;
-        }
+        base_size = base->size;
         base_seq = base->seq;
         canon_base = g_strdup(base->url_str);
-        if (size < base->size) {
-            sprite_volume_close(base);
+        if (base_checkpoint) {
+            Ckpt *c = find_ckpt_by_id_or_name(base, base_checkpoint);
+
+            if (!c) {
+                g_set_error(errp, SPRITE_ERROR, ENOENT, "base volume '%s' "
+                            "has no checkpoint '%s'", canon_base,
+                            base_checkpoint);
+                sprite_volume_close(base);
+                return -ENOENT;
+            }
+            from = c->pub;
+            from.name = from_name = g_strdup(c->pub.name);
+            base_size = from.size;
+        }
+        if (size == 0) {
+            size = base_size;
+        }
+        ret = 0;
+        if (size < base_size) {
             g_set_error(errp, SPRITE_ERROR, EINVAL,
                         "size %" G_GUINT64_FORMAT " is smaller than the "
-                        "base volume's", size);
-            return -EINVAL;
-        }
-        sprite_volume_close(base);
-        if (g_str_equal(canon_base, url)) {
+                        "base's", size);
+            ret = -EINVAL;
+        } else if (g_str_equal(canon_base, url)) {
             g_set_error(errp, SPRITE_ERROR, EINVAL,
                         "a volume cannot be its own base");
-            return -EINVAL;
+            ret = -EINVAL;
+        } else if (from.id) {
+            /* Before the clone exists: a hold without clone is harmless. */
+            ret = put_hold(base, from.id, uuid, url, errp);
+        }
+        sprite_volume_close(base);
+        if (ret < 0) {
+            return ret;
         }
     }
     if (size == 0 || size % SPRITE_SECTOR_SIZE || size > (1ULL << 62)) {
@@ -813,6 +1258,9 @@ int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
             g_key_file_set_string(kf, "volume", "base", canon_base);
             g_key_file_set_uint64(kf, "volume", "base-seq", base_seq);
         }
+        if (from.id) {
+            g_key_file_set_uint64(kf, "volume", "base-checkpoint", from.id);
+        }
         body = g_key_file_to_data(kf, NULL, NULL);
         obj = sprite_desc_encode(body);
         ret = sprite_objstore_put(os, key, g_bytes_get_data(obj, NULL),
@@ -825,6 +1273,9 @@ int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
                     url);
     }
     sprite_objstore_close(os);
+    if (ret == 0 && from.id) {
+        ret = inherit_checkpoint(o, &from, errp);
+    }
     return ret;
 }
 
@@ -874,19 +1325,82 @@ static uint64_t iov_len(const struct iovec *iov, int iovcnt)
     return n;
 }
 
-/* Called with v->lock held */
+/*
+ * Log a DATA or ZERO record and map it in the pending overlay.  A write
+ * that continues the previous one extends its record.
+ * Called with v->lock held.
+ */
 static void add_record(SpriteVolume *v, const SpriteRecord *r)
 {
+    SpriteRecord *last = v->records->len ?
+        &g_array_index(v->records, SpriteRecord, v->records->len - 1) : NULL;
     SpriteExtent e = {
         .start = r->offset,
         .len = r->length,
-        .seg = 0,
+        .seg = pending_seq(v),
         .data_off = r->data_off,
         .kind = r->kind == SPRITE_REC_DATA ? SPRITE_EXT_DATA : SPRITE_EXT_ZERO,
     };
 
-    g_array_append_val(v->records, *r);
+    if (r->offset < SPRITE_VMSTATE_BASE) {
+        v->pend_disk++;
+    }
+    if (r->kind == SPRITE_REC_DATA && last && last->kind == SPRITE_REC_DATA &&
+        last->offset + last->length == r->offset &&
+        last->data_off + last->length == r->data_off) {
+        last->length += r->length;
+        e.start = last->offset;
+        e.len = last->length;
+        e.data_off = last->data_off;
+    } else {
+        g_array_append_val(v->records, *r);
+    }
     sprite_extmap_set(v->pending, &e, NULL, NULL);
+}
+
+/*
+ * Append @len bytes from @iov to the pending log; *@data_off is where.
+ * Called with v->lock held.
+ */
+static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
+                       uint64_t len, uint64_t *data_off, GError **errp)
+{
+    g_autofree struct iovec *w = g_new(struct iovec, MAX(iovcnt, 1));
+    uint64_t done = 0;
+    int n = 0, first = 0;
+
+    /* @iov may hold more than @len bytes: write exactly @len. */
+    while (n < iovcnt && done < len) {
+        w[n].iov_base = iov[n].iov_base;
+        w[n].iov_len = MIN(iov[n].iov_len, len - done);
+        done += w[n++].iov_len;
+    }
+    done = 0;
+    while (done < len) {
+        ssize_t k = pwritev(v->pend_fd, w + first, MIN(n - first, IOV_MAX),
+                            v->pend_len + done);
+
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            return errno_error(errp, k < 0 ? errno : EIO, "cannot write the "
+                               "pending log of volume '%s'", v->url_str);
+        }
+        done += k;
+        /* Skip what a short write took. */
+        while (k > 0 && (size_t)k >= w[first].iov_len) {
+            k -= w[first++].iov_len;
+        }
+        if (k > 0) {
+            w[first].iov_base = (uint8_t *)w[first].iov_base + k;
+            w[first].iov_len -= k;
+        }
+    }
+    *data_off = v->pend_len;
+    v->pend_len += len;
+    __atomic_add_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+    return 0;
 }
 
 /*
@@ -896,23 +1410,26 @@ static void add_record(SpriteVolume *v, const SpriteRecord *r)
  */
 static void maybe_flush(SpriteVolume *v)
 {
-    bool due;
+    bool hard;
 
     g_mutex_lock(&v->lock);
-    due = v->pend_len >= PENDING_MAX;
+    hard = v->pend_len >= PENDING_HARD;
+    if (v->pend_len >= PENDING_MAX) {
+        kick_shipper(v);
+    }
     g_mutex_unlock(&v->lock);
-    if (due) {
+    if (hard) {
         flush_volume(v, NULL);
     }
 }
 
-int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
-                         const struct iovec *iov, int iovcnt, GError **errp)
+/* Write to the disk or, at SPRITE_VMSTATE_BASE and above, the VM state. */
+static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
+                      const struct iovec *iov, int iovcnt, GError **errp)
 {
     SpriteRecord r = { .offset = offset, .length = len,
                        .kind = SPRITE_REC_DATA };
-    uint64_t done = 0;
-    int ret, i;
+    int ret;
 
     g_assert(iov_len(iov, iovcnt) >= len);
     if (len == 0) {
@@ -920,40 +1437,47 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
     }
     g_mutex_lock(&v->lock);
     ret = check_writable(v, errp);
-    if (ret == 0) {
+    if (ret == 0 && offset < SPRITE_VMSTATE_BASE) {
         ret = check_range(v, offset, len, errp);
     }
-    if (ret < 0) {
-        goto out;
+    if (ret == 0) {
+        ret = pend_append(v, iov, iovcnt, len, &r.data_off, errp);
     }
-    r.data_off = v->pend_len;
-    for (i = 0; i < iovcnt && done < len; i++) {
-        size_t n = MIN(iov[i].iov_len, len - done);
-        size_t w = 0;
-
-        while (w < n) {
-            ssize_t k = pwrite(v->pend_fd, (uint8_t *)iov[i].iov_base + w,
-                               n - w, v->pend_len + done + w);
-            if (k < 0 && errno == EINTR) {
-                continue;
-            }
-            if (k < 0) {
-                ret = errno_error(errp, errno, "cannot write the pending "
-                                  "log of volume '%s'", v->url_str);
-                goto out;
-            }
-            w += k;
-        }
-        done += n;
+    if (ret == 0) {
+        add_record(v, &r);
     }
-    v->pend_len += len;
-    add_record(v, &r);
-out:
     g_mutex_unlock(&v->lock);
     if (ret == 0) {
         maybe_flush(v);
     }
     return ret;
+}
+
+int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                         const struct iovec *iov, int iovcnt, GError **errp)
+{
+    return write_data(v, offset, len, iov, iovcnt, errp);
+}
+
+static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
+{
+    if (pos > SPRITE_VMSTATE_SIZE || len > SPRITE_VMSTATE_SIZE - pos) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL, "VM state at %"
+                    G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT " is beyond its "
+                    "limit of %llu bytes", pos, len, SPRITE_VMSTATE_SIZE);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
+                                 const struct iovec *iov, int iovcnt,
+                                 GError **errp)
+{
+    int ret = check_vmstate_range(pos, len, errp);
+
+    return ret < 0 ? ret : write_data(v, SPRITE_VMSTATE_BASE + pos, len,
+                                      iov, iovcnt, errp);
 }
 
 static int write_zero_record(SpriteVolume *v, uint64_t offset, uint64_t len,
@@ -1030,16 +1554,35 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
 }
 
 /*
- * Turn the pending log into segment v->seq + 1, in memory (v->sealed),
- * and start a new pending log: writes go on while it uploads.
+ * Turn the pending log into segment v->seq + 1 (v->sealed) and start a
+ * new log: writes go on while it uploads.  Costs no copy: the log file
+ * becomes the sealed file.
  * Called with v->lock held and v->sealed NULL.
  */
 static int seal_pending(SpriteVolume *v, GError **errp)
 {
+    g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
     Sealed *sl = g_new0(Sealed, 1);
     SpriteSegHeader *h = g_new0(SpriteSegHeader, 1);
-    uint64_t done = 0;
+    int ret;
 
+    sl->path = g_build_filename(v->dir, "sealed", NULL);
+    sl->fd = -1;
+    if (rename(pend, sl->path) < 0) {
+        sealed_free(sl);
+        return errno_error(errp, errno, "cannot seal the pending log of "
+                           "volume '%s'", v->url_str);
+    }
+    sl->fd = v->pend_fd;
+    ret = open_pending(v, errp);
+    if (ret < 0) {
+        /* Put the log back: nothing changed. */
+        rename(sl->path, pend);
+        v->pend_fd = sl->fd;
+        sl->fd = -1;
+        sealed_free(sl);
+        return ret;
+    }
     sl->h = h;
     h->seq = v->seq + 1;
     h->epoch = v->lease_info.epoch;
@@ -1050,34 +1593,36 @@ static int seal_pending(SpriteVolume *v, GError **errp)
     h->data_len = v->pend_len;
     h->header_len = sprite_seg_header_len(h->nrecords, h->data_len);
     sl->len = h->header_len + h->data_len;
-    sl->obj = g_malloc(sl->len);
-    while (done < h->data_len) {
-        ssize_t k = pread(v->pend_fd, sl->obj + h->header_len + done,
-                          h->data_len - done, done);
-        if (k < 0 && errno == EINTR) {
-            continue;
-        }
-        if (k <= 0) {
-            sealed_free(sl);
-            return errno_error(errp, k < 0 ? errno : EIO, "cannot read the "
-                               "pending log of volume '%s'", v->url_str);
-        }
-        done += k;
-    }
-    if (ftruncate(v->pend_fd, 0) < 0) {
-        sealed_free(sl);
-        return errno_error(errp, errno, "cannot truncate the pending log "
-                           "of volume '%s'", v->url_str);
-    }
-    sprite_seg_header_encode(h, sl->obj + h->header_len, sl->obj);
 
-    /* The overlay now describes the sealed data (read from sl->obj). */
+    /* The overlay now describes the sealed data (read from sl->fd). */
     sl->map = v->pending;
+    sl->opaque = v->pending_opaque;
+    sl->disk = v->pend_disk || v->segment_due;
+    v->pend_disk = 0;
     v->pending = sprite_extmap_new();
+    v->pending_opaque = false;
     g_array_set_size(v->records, 0);
     v->pend_len = 0;
     v->segment_due = false;
     v->sealed = sl;
+    return 0;
+}
+
+/* Build the object of @sl: its header, then its data.  Called by the
+ * flushing thread, without v->lock: @sl's file no longer changes. */
+static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
+{
+    uint8_t *obj = g_malloc(sl->len);
+    int ret = pread_full(sl->fd, obj + sl->h->header_len, sl->h->data_len,
+                         0);
+
+    if (ret < 0) {
+        g_free(obj);
+        return errno_error(errp, -ret, "cannot read the sealed log of "
+                           "volume '%s'", v->url_str);
+    }
+    sprite_seg_header_encode(sl->h, obj + sl->h->header_len, obj);
+    sl->obj = obj;
     return 0;
 }
 
@@ -1090,10 +1635,15 @@ static int upload_sealed(SpriteVolume *v, GError **errp)
 {
     Sealed *sl = v->sealed;     /* only this thread changes it now */
     g_autofree char *key = sprite_key_segment(v->url->volume, sl->h->seq);
-    int ret;
+    int ret = 0;
 
-    ret = sprite_objstore_put(v->os, key, sl->obj, sl->len,
-                              SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
+    if (!sl->obj) {
+        ret = build_sealed(v, sl, errp);
+    }
+    if (ret == 0) {
+        ret = sprite_objstore_put(v->os, key, sl->obj, sl->len,
+                                  SPRITE_PUT_IF_NONE_MATCH, NULL, NULL, errp);
+    }
     g_mutex_lock(&v->lock);
     if (ret == -EEXIST) {
         /* Someone else wrote our next segment: we are not the writer. */
@@ -1110,6 +1660,7 @@ static int upload_sealed(SpriteVolume *v, GError **errp)
     } else {
         /* Durable now: map it.  A cache failure only costs a refetch. */
         sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
+        __atomic_sub_fetch(&v->unshipped, sl->h->data_len, __ATOMIC_RELAXED);
         ret = apply_segment(v, sl->h, errp);
         if (ret < 0) {
             /* Map and database disagree: write no more (reopen repairs). */
@@ -1166,10 +1717,18 @@ static int flush_volume(SpriteVolume *v, GError **errp)
 
 int sprite_volume_flush(SpriteVolume *v, GError **errp)
 {
+    bool disk;
+
     if (v->read_only) {
         return 0;
     }
-    return flush_volume(v, errp);
+    g_mutex_lock(&v->lock);
+    disk = v->pend_disk || v->segment_due || (v->sealed && v->sealed->disk);
+    if (!disk && v->records->len) {
+        kick_shipper(v);
+    }
+    g_mutex_unlock(&v->lock);
+    return disk ? flush_volume(v, errp) : 0;
 }
 
 int sprite_volume_truncate(SpriteVolume *v, uint64_t size, GError **errp)
@@ -1203,6 +1762,7 @@ void sprite_volume_close(SpriteVolume *v)
     if (!v) {
         return;
     }
+    stop_shipper(v);
     if (!v->read_only && flush_volume(v, NULL) == 0 &&
         v->seq > v->snap_seq) {
         g_mutex_lock(&v->flush_lock);
@@ -1220,12 +1780,30 @@ uint64_t sprite_volume_size(SpriteVolume *v)
     return __atomic_load_n(&v->size, __ATOMIC_RELAXED);
 }
 
-/* resolve() marks extents of the sealed segment with this seg number. */
-#define SEG_SEALED UINT64_MAX
+/*
+ * The maps that make up what the volume reads, topmost first: the
+ * pending overlay, the sealed segment's, the durable map, each unless one
+ * above is opaque (a goto replaced the whole view).  Returns how many.
+ * Called with v->lock held.
+ */
+static int view_layers(SpriteVolume *v, SpriteExtmap *layers[3])
+{
+    int n = 0;
+
+    layers[n++] = v->pending;
+    if (!v->pending_opaque) {
+        if (v->sealed) {
+            layers[n++] = v->sealed->map;
+        }
+        if (!v->sealed || !v->sealed->opaque) {
+            layers[n++] = v->map;
+        }
+    }
+    return n;
+}
 
 /*
- * What covers @off, looking in the pending log, the sealed segment, then
- * the durable map: sets *@e (clipped to start at @off and to end before
+ * What covers @off: sets *@e (clipped to start at @off and to end before
  * anything that overrides it) and returns true, or returns false with
  * *@gap set to the length of the unmapped range at @off (at most @len).
  * Called with v->lock held.
@@ -1233,24 +1811,19 @@ uint64_t sprite_volume_size(SpriteVolume *v)
 static bool resolve(SpriteVolume *v, uint64_t off, uint64_t len,
                     SpriteExtent *e, uint64_t *gap)
 {
-    uint64_t next_p, next_s = UINT64_MAX, next_m;
+    SpriteExtmap *layers[3];
+    int i, n = view_layers(v, layers);
 
-    if (sprite_extmap_find(v->pending, off, e, &next_p)) {
-        e->len = MIN(e->len, len);
-        return true;
+    for (i = 0; i < n; i++) {
+        uint64_t next;
+
+        if (sprite_extmap_find(layers[i], off, e, &next)) {
+            e->len = MIN(e->len, len);
+            return true;
+        }
+        len = MIN(len, next - off);
     }
-    len = MIN(len, next_p - off);
-    if (v->sealed && sprite_extmap_find(v->sealed->map, off, e, &next_s)) {
-        e->len = MIN(e->len, len);
-        e->seg = SEG_SEALED;
-        return true;
-    }
-    len = MIN(len, next_s - off);
-    if (sprite_extmap_find(v->map, off, e, &next_m)) {
-        e->len = MIN(e->len, len);
-        return true;
-    }
-    *gap = MIN(next_m - off, len);
+    *gap = len;
     return false;
 }
 
@@ -1283,26 +1856,16 @@ static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
 static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
                       GError **errp)
 {
-    if (e->seg == SEG_SEALED) {
-        memcpy(buf, v->sealed->obj + v->sealed->h->header_len + e->data_off,
-               e->len);
-        return 0;
-    }
-    if (e->seg == 0) {
-        uint64_t done = 0;
+    bool sealed = v->sealed && e->seg == v->sealed->h->seq;
+    int ret;
 
-        while (done < e->len) {
-            ssize_t k = pread(v->pend_fd, buf + done, e->len - done,
-                              e->data_off + done);
-            if (k < 0 && errno == EINTR) {
-                continue;
-            }
-            if (k <= 0) {
-                return errno_error(errp, k < 0 ? errno : EIO, "cannot read "
-                                   "the pending log of volume '%s'",
-                                   v->url_str);
-            }
-            done += k;
+    if (sealed || e->seg == pending_seq(v)) {
+        ret = pread_full(sealed ? v->sealed->fd : v->pend_fd, buf, e->len,
+                         e->data_off);
+        if (ret < 0) {
+            return errno_error(errp, -ret, "cannot read the %s log of "
+                               "volume '%s'", sealed ? "sealed" : "pending",
+                               v->url_str);
         }
         return 0;
     }
@@ -1310,21 +1873,28 @@ static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
                                 errp);
 }
 
-int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
-                        const struct iovec *iov, int iovcnt, GError **errp)
+/* Read the disk or, at SPRITE_VMSTATE_BASE and above, the VM state. */
+static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
+                     const struct iovec *iov, int iovcnt, GError **errp)
 {
     g_autofree uint8_t *buf = NULL;
     uint64_t pos = 0;
-    int ret;
+    int ret = 0;
 
     g_assert(iov_len(iov, iovcnt) >= len);
     g_mutex_lock(&v->lock);
-    ret = check_range(v, offset, len, errp);
+    if (offset < SPRITE_VMSTATE_BASE) {
+        ret = check_range(v, offset, len, errp);
+    }
     while (ret == 0 && pos < len) {
+        uint64_t at = offset + pos;
+        /* The base may be smaller than we are grown to. */
+        uint64_t base_end = !v->base ? 0 : at >= SPRITE_VMSTATE_BASE ?
+                            UINT64_MAX : v->base->size;
         SpriteExtent e;
         uint64_t n;
 
-        if (resolve(v, offset + pos, len - pos, &e, &n)) {
+        if (resolve(v, at, len - pos, &e, &n)) {
             n = e.len;
             if (e.kind == SPRITE_EXT_DATA) {
                 buf = g_realloc(buf, n);
@@ -1335,12 +1905,11 @@ int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
             } else {
                 iov_from_buf(iov, iovcnt, pos, NULL, n);
             }
-        } else if (v->base && offset + pos < v->base->size) {
-            /* The base may be smaller than we are grown to. */
-            n = MIN(n, v->base->size - (offset + pos));
+        } else if (at < base_end) {
+            n = MIN(n, base_end - at);
             buf = g_realloc(buf, n);
-            ret = sprite_volume_readv(v->base, offset + pos, n,
-                                      &(struct iovec){ buf, n }, 1, errp);
+            ret = read_data(v->base, at, n, &(struct iovec){ buf, n }, 1,
+                            errp);
             if (ret == 0) {
                 iov_from_buf(iov, iovcnt, pos, buf, n);
             }
@@ -1351,6 +1920,22 @@ int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
     }
     g_mutex_unlock(&v->lock);
     return ret;
+}
+
+int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
+                        const struct iovec *iov, int iovcnt, GError **errp)
+{
+    return read_data(v, offset, len, iov, iovcnt, errp);
+}
+
+int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
+                                const struct iovec *iov, int iovcnt,
+                                GError **errp)
+{
+    int ret = check_vmstate_range(pos, len, errp);
+
+    return ret < 0 ? ret : read_data(v, SPRITE_VMSTATE_BASE + pos, len, iov,
+                                     iovcnt, errp);
 }
 
 int sprite_volume_block_status(SpriteVolume *v, uint64_t offset,
@@ -1387,6 +1972,267 @@ out:
     return ret;
 }
 
+/* ------------------------------------------------------------------ */
+/* Checkpoints */
+
+typedef struct OverlayCtx {
+    SpriteExtmap *dst;
+    bool zero_is_none;
+} OverlayCtx;
+
+static bool overlay_one(const SpriteExtent *e, void *opaque)
+{
+    OverlayCtx *o = opaque;
+    SpriteExtent x = *e;
+
+    if (o->zero_is_none && x.kind == SPRITE_EXT_ZERO) {
+        x.kind = SPRITE_EXT_NONE;
+    }
+    sprite_extmap_set(o->dst, &x, NULL, NULL);
+    return true;
+}
+
+/*
+ * A copy of what the volume reads now, as one map (ZERO extents become
+ * unmapped ranges on a volume without base, as in the durable map).
+ * Called with v->lock held.
+ */
+static SpriteExtmap *live_view(SpriteVolume *v)
+{
+    SpriteExtmap *layers[3];
+    SpriteExtmap *m = sprite_extmap_new();
+    OverlayCtx o = { .dst = m, .zero_is_none = !v->base };
+    int i = view_layers(v, layers);
+
+    while (i-- > 0) {
+        sprite_extmap_foreach(layers[i], 0, UINT64_MAX, overlay_one, &o);
+    }
+    return m;
+}
+
+/* Where the VM state area of @v ends (SPRITE_VMSTATE_BASE: empty).
+ * Called with v->lock held. */
+static uint64_t vmstate_end(SpriteVolume *v)
+{
+    SpriteExtmap *layers[3];
+    int i, n = view_layers(v, layers);
+    uint64_t end = v->base ? vmstate_end(v->base) : SPRITE_VMSTATE_BASE;
+
+    for (i = 0; i < n; i++) {
+        end = MAX(end, sprite_extmap_end(layers[i]));
+    }
+    return end;
+}
+
+int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
+                                    GError **errp)
+{
+    SpriteRecord r = { .kind = SPRITE_REC_CHECKPOINT };
+    g_autofree char *text = NULL;
+    Ckpt *c;
+    uint64_t end;
+    guint i;
+    int ret;
+
+    if (!ck->name || !*ck->name) {
+        g_set_error(errp, SPRITE_ERROR, EINVAL, "a checkpoint needs a name");
+        return -EINVAL;
+    }
+    if (ck->vm_state_size > SPRITE_VMSTATE_SIZE) {
+        return check_vmstate_range(0, ck->vm_state_size, errp);
+    }
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (find_ckpt(v, NULL, ck->name)) {
+        g_set_error(errp, SPRITE_ERROR, EEXIST, "volume '%s' already has a "
+                    "checkpoint named '%s'", v->url_str, ck->name);
+        ret = -EEXIST;
+        goto out;
+    }
+    c = g_new0(Ckpt, 1);
+    c->pub = *ck;
+    c->pub.name = g_strdup(ck->name);
+    c->pub.size = v->size;
+    c->pub.id = 1;
+    for (i = 0; i < v->ckpts->len; i++) {
+        Ckpt *o = g_ptr_array_index(v->ckpts, i);
+
+        c->pub.id = MAX(c->pub.id, o->pub.id + 1);
+    }
+    /* The data the volume stored before this checkpoint's record. */
+    c->written = v->written + (v->sealed ? v->sealed->h->data_len : 0) +
+                 v->pend_len;
+    text = ckpt_encode(c);
+    r.offset = c->pub.id;
+    r.length = strlen(text);
+    ret = pend_append(v, &(struct iovec){ text, r.length }, 1, r.length,
+                      &r.data_off, errp);
+    if (ret < 0) {
+        ckpt_free(c);
+        goto out;
+    }
+    c->seq = pending_seq(v);
+    c->map = live_view(v);
+    g_array_append_val(v->records, r);
+
+    /* The VM state now belongs to the checkpoint: clear the live area. */
+    end = vmstate_end(v);
+    if (end > SPRITE_VMSTATE_BASE) {
+        SpriteRecord z = { .offset = SPRITE_VMSTATE_BASE,
+                           .length = end - SPRITE_VMSTATE_BASE,
+                           .kind = SPRITE_REC_ZERO };
+        add_record(v, &z);
+    }
+    g_mutex_lock(&v->ckpt_lock);
+    g_ptr_array_add(v->ckpts, c);
+    g_mutex_unlock(&v->ckpt_lock);
+    ck->id = c->pub.id;
+    kick_shipper(v);
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
+                                  GError **errp)
+{
+    SpriteRecord r = { .kind = SPRITE_REC_GOTO };
+    Ckpt *c;
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    c = find_ckpt_by_id_or_name(v, id_or_name);
+    if (!c) {
+        g_set_error(errp, SPRITE_ERROR, ENOENT, "volume '%s' has no "
+                    "checkpoint '%s'", v->url_str, id_or_name);
+        ret = -ENOENT;
+        goto out;
+    }
+    if (!c->map) {
+        SpriteExtmap *m = sprite_extmap_new();
+
+        ret = sprite_meta_load_checkpoint(v->meta, c->pub.id, m, errp);
+        if (ret < 0) {
+            sprite_extmap_free(m);
+            goto out;
+        }
+        c->map = m;
+    }
+    r.offset = c->pub.id;
+    g_array_append_val(v->records, r);
+    v->pend_disk++;
+    sprite_extmap_free(v->pending);
+    v->pending = sprite_extmap_copy(c->map);
+    v->pending_opaque = true;
+    __atomic_store_n(&v->size, c->pub.size, __ATOMIC_RELAXED);
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+static int any_key_cb(const char *key, uint64_t size, void *opaque)
+{
+    *(char **)opaque = g_strdup(key);
+    return 1;
+}
+
+int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
+                                    const char *name, GError **errp)
+{
+    SpriteRecord r = { .kind = SPRITE_REC_DELETE };
+    g_autofree char *prefix = NULL;
+    g_autofree char *hold = NULL;
+    Ckpt *c;
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    c = ret < 0 ? NULL : find_ckpt(v, id, name);
+    if (c) {
+        r.offset = c->pub.id;
+    }
+    g_mutex_unlock(&v->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!c) {
+        g_set_error(errp, SPRITE_ERROR, ENOENT, "volume '%s' has no "
+                    "checkpoint '%s'", v->url_str, name ? name : id);
+        return -ENOENT;
+    }
+
+    /* Volumes created from the checkpoint leave a hold on it. */
+    prefix = sprite_key_holds(v->url->volume, r.offset);
+    ret = sprite_objstore_list(v->os, prefix, NULL, any_key_cb, &hold, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (hold) {
+        g_set_error(errp, SPRITE_ERROR, EBUSY, "checkpoint '%s' of volume "
+                    "'%s' cannot be deleted: volumes were created from it "
+                    "(their holds are under %s)", name ? name : id,
+                    v->url_str, prefix);
+        return -EBUSY;
+    }
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0) {
+        g_autofree char *sid = g_strdup_printf("%" G_GUINT64_FORMAT,
+                                               r.offset);
+
+        c = find_ckpt(v, sid, NULL);
+        if (c) {
+            g_array_append_val(v->records, r);
+            kick_shipper(v);
+            g_mutex_lock(&v->ckpt_lock);
+            g_ptr_array_remove(v->ckpts, c);
+            g_mutex_unlock(&v->ckpt_lock);
+        }
+    }
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+void sprite_volume_checkpoint_list(SpriteVolume *v, SpriteCheckpoint **out,
+                                   size_t *n)
+{
+    uint64_t seq = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
+    uint64_t prev = 0;
+    guint i;
+
+    g_mutex_lock(&v->ckpt_lock);
+    *n = v->ckpts->len;
+    *out = g_new0(SpriteCheckpoint, v->ckpts->len);
+    for (i = 0; i < v->ckpts->len; i++) {
+        Ckpt *c = g_ptr_array_index(v->ckpts, i);
+
+        (*out)[i] = c->pub;
+        (*out)[i].name = g_strdup(c->pub.name);
+        (*out)[i].durable = c->seq <= seq;
+        (*out)[i].added_bytes = c->written - MIN(prev, c->written);
+        prev = c->written;
+    }
+    g_mutex_unlock(&v->ckpt_lock);
+}
+
+void sprite_checkpoints_free(SpriteCheckpoint *cks, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        g_free(cks[i].name);
+    }
+    g_free(cks);
+}
+
 void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info)
 {
     /* Immutable fields and atomics only: this never waits for a flush. */
@@ -1401,6 +2247,7 @@ void sprite_volume_get_info(SpriteVolume *v, SpriteVolumeInfo *info)
     info->writable = !v->read_only;
     info->epoch = v->lease_info.epoch;
     info->fencing = v->lease_info.fencing;
+    info->pending_bytes = __atomic_load_n(&v->unshipped, __ATOMIC_RELAXED);
 }
 
 void sprite_volume_info_clear(SpriteVolumeInfo *info)

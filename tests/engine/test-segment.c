@@ -85,7 +85,7 @@ static void test_damage(void)
         buf[off] ^= 0x10;
     }
     /* A newer format version is named as such. */
-    buf[8] = 2;
+    buf[8] = SPRITE_SEG_VERSION + 1;
     g_assert_cmpint(sprite_seg_header_decode(buf, h->header_len, 7, &d,
                                              &need, &err), ==,
                     -EPROTONOSUPPORT);

@@ -145,7 +145,7 @@ static void test_differential(gconstpointer data)
     SpriteVolume *v;
     int i;
 
-    g_assert_cmpint(sprite_volume_create(&o, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_no_error(err);
     for (i = 0; i < 300; i++) {
@@ -210,7 +210,7 @@ static void test_flush_durable(gconstpointer data)
 
     memset(a, 0xaa, sizeof(a));
     memset(z, 0, sizeof(z));
-    g_assert_cmpint(sprite_volume_create(&o, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_cmpint(sprite_volume_writev(v, 8192, 4096, &iov, 1, &err), ==,
                     0);
@@ -261,7 +261,7 @@ static void test_clone(gconstpointer data)
     unsigned status;
 
     fill_random(r, model, size);
-    g_assert_cmpint(sprite_volume_create(&bo, size, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&bo, size, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&bo, &base, &err), ==, 0);
     g_assert_cmpint(sprite_volume_writev(base, 0, size, &iov, 1, &err), ==,
                     0);
@@ -269,7 +269,8 @@ static void test_clone(gconstpointer data)
     bmodel = g_memdup2(model, size);
 
     /* A clone of any size costs one small object. */
-    g_assert_cmpint(sprite_volume_create(&co, 2 * size, burl, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&co, 2 * size, burl, NULL, &err),
+                    ==, 0);
     g_assert_no_error(err);
     g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
     g_assert_no_error(err);
@@ -312,6 +313,246 @@ static void test_clone(gconstpointer data)
     g_rand_free(r);
 }
 
+/* Write random VM state of @len bytes as savevm does, in pieces. */
+static uint8_t *write_vmstate(SpriteVolume *v, GRand *r, uint64_t len)
+{
+    uint8_t *vm = g_malloc(len);
+    g_autoptr(GError) err = NULL;
+    uint64_t pos;
+
+    fill_random(r, vm, len);
+    for (pos = 0; pos < len; pos += 32768) {
+        uint64_t n = MIN(32768, len - pos);
+        struct iovec iov = { vm + pos, n };
+
+        g_assert_cmpint(sprite_volume_vmstate_writev(v, pos, n, &iov, 1,
+                                                     &err), ==, 0);
+    }
+    return vm;
+}
+
+static void vmstate_equal(SpriteVolume *v, const uint8_t *vm, uint64_t len)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { buf, len };
+
+    g_assert_cmpint(sprite_volume_vmstate_readv(v, 0, len, &iov, 1, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    g_assert_true(memcmp(buf, vm, len) == 0);
+}
+
+/* Random writes to @model and @v. */
+static void scribble(SpriteVolume *v, GRand *r, uint8_t *model,
+                     uint64_t size, int n)
+{
+    g_autoptr(GError) err = NULL;
+    uint8_t buf[20000];
+
+    while (n-- > 0) {
+        uint64_t len = g_rand_int_range(r, 1, sizeof(buf));
+        uint64_t off = g_rand_int_range(r, 0, size - len);
+        struct iovec iov = { buf, len };
+
+        fill_random(r, buf, len);
+        if (g_rand_int_range(r, 0, 5) == 0) {
+            g_assert_cmpint(sprite_volume_write_zeroes(v, off, len, &err),
+                            ==, 0);
+            memset(model + off, 0, len);
+        } else {
+            g_assert_cmpint(sprite_volume_writev(v, off, len, &iov, 1, &err),
+                            ==, 0);
+            memcpy(model + off, buf, len);
+        }
+    }
+}
+
+static SpriteCheckpoint *find_listed(SpriteCheckpoint *cks, size_t n,
+                                     const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (g_str_equal(cks[i].name, name)) {
+            return &cks[i];
+        }
+    }
+    return NULL;
+}
+
+/* Wait (up to 60 s) until checkpoint @name is durable. */
+static void wait_durable(SpriteVolume *v, const char *name)
+{
+    int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    for (;;) {
+        SpriteCheckpoint *cks;
+        size_t n;
+        bool durable;
+
+        sprite_volume_checkpoint_list(v, &cks, &n);
+        durable = find_listed(cks, n, name)->durable;
+        sprite_checkpoints_free(cks, n);
+        if (durable) {
+            return;
+        }
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+}
+
+/*
+ * Checkpoints: disk and VM state frozen and restored, before and after
+ * they are durable, after reopening with an empty cache, and as the base
+ * of a new volume; bad names and a delete that a clone prevents.
+ */
+static void test_checkpoints(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 4 << 20, vmlen = 700000;
+    g_autofree char *url = NULL, *cache = NULL;
+    g_autofree char *curl = NULL, *ccache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    SpriteVolumeOptions co = opts(b, &curl, &ccache);
+    g_autofree uint8_t *m1 = NULL, *m2 = NULL;
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *vm1 = NULL, *vm2 = NULL, *zeroes = g_malloc0(vmlen);
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(5);
+    SpriteCheckpoint c1 = { .name = (char *)"first", .vm_state_size = vmlen,
+                            .date_sec = 1700000000, .vm_clock_nsec = 42,
+                            .icount = -1 };
+    SpriteCheckpoint c2 = { .name = (char *)"second",
+                            .vm_state_size = vmlen / 2, .icount = -1 };
+    SpriteCheckpoint *cks, *ck;
+    SpriteVolume *v, *clone;
+    SpriteVolumeInfo info;
+    size_t n;
+
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    scribble(v, r, model, size, 50);
+    g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+    scribble(v, r, model, size, 50);            /* some not flushed */
+    vm1 = write_vmstate(v, r, vmlen);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpuint(c1.id, ==, 1);
+    m1 = g_memdup2(model, size);
+
+    /* Listed; the live VM state area is empty again. */
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    g_assert_cmpuint(n, ==, 1);
+    g_assert_cmpstr(cks[0].name, ==, "first");
+    g_assert_cmpuint(cks[0].vm_state_size, ==, vmlen);
+    g_assert_cmpuint(cks[0].added_bytes, >=, vmlen);
+    sprite_checkpoints_free(cks, n);
+    vmstate_equal(v, zeroes, vmlen);
+
+    /* The shipper makes it durable without a flush, writes included. */
+    wait_durable(v, "first");
+    sprite_volume_get_info(v, &info);
+    g_assert_cmpuint(info.pending_bytes, ==, 0);
+    sprite_volume_info_clear(&info);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==,
+                    -EEXIST);
+    g_clear_error(&err);
+
+    /* Change things, go back before anything was uploaded. */
+    scribble(v, r, model, size, 50);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "first", &err), ==, 0);
+    read_all_equal(v, m1, size);
+    vmstate_equal(v, vm1, vmlen);
+    memcpy(model, m1, size);
+
+    /* Diverge from it, take a second one, make both durable. */
+    scribble(v, r, model, size, 50);
+    vm2 = write_vmstate(v, r, vmlen / 2);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
+    g_assert_cmpuint(c2.id, ==, 2);
+    m2 = g_memdup2(model, size);
+    scribble(v, r, model, size, 20);
+    g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    g_assert_cmpuint(n, ==, 2);
+    g_assert_true(cks[0].durable && cks[1].durable);
+    sprite_checkpoints_free(cks, n);
+    sprite_volume_close(v);
+
+    /* Another host: an empty cache, the object store alone. */
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    read_all_equal(v, model, size);
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    g_assert_cmpuint(n, ==, 2);
+    ck = find_listed(cks, n, "first");
+    g_assert_nonnull(ck);
+    g_assert_cmpuint(ck->id, ==, 1);
+    g_assert_cmpint(ck->date_sec, ==, 1700000000);
+    g_assert_cmpint(ck->vm_clock_nsec, ==, 42);
+    g_assert_cmpint(ck->icount, ==, -1);
+    g_assert_cmpuint(ck->size, ==, size);
+    g_assert_true(ck->durable);
+    sprite_checkpoints_free(cks, n);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "1", &err), ==, 0);
+    read_all_equal(v, m1, size);
+    vmstate_equal(v, vm1, vmlen);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "second", &err), ==, 0);
+    read_all_equal(v, m2, size);
+    vmstate_equal(v, vm2, vmlen / 2);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "nope", &err), ==,
+                    -ENOENT);
+    g_assert_nonnull(strstr(err->message, "nope"));
+    g_clear_error(&err);
+
+    /* Deleting is durable too. */
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "first", &err),
+                    ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "first", &err),
+                    ==, -ENOENT);
+    g_clear_error(&err);
+    sprite_volume_close(v);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    read_all_equal(v, m2, size);
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    g_assert_cmpuint(n, ==, 1);
+    g_assert_cmpstr(cks[0].name, ==, "second");
+    sprite_checkpoints_free(cks, n);
+    sprite_volume_close(v);
+
+    /* A new volume from a checkpoint: its disk and VM state. */
+    g_assert_cmpint(sprite_volume_create(&co, 0, url, "third", &err), ==,
+                    -ENOENT);
+    g_clear_error(&err);
+    g_assert_cmpint(sprite_volume_create(&co, 0, url, "second", &err), ==,
+                    0);
+    g_assert_no_error(err);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    read_all_equal(clone, m2, size);
+    sprite_volume_checkpoint_list(clone, &cks, &n);
+    g_assert_cmpuint(n, ==, 1);
+    g_assert_cmpstr(cks[0].name, ==, "second");
+    g_assert_cmpuint(cks[0].vm_state_size, ==, vmlen / 2);
+    sprite_checkpoints_free(cks, n);
+    scribble(clone, r, m2, size, 10);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(clone, "second", &err), ==,
+                    0);
+    vmstate_equal(clone, vm2, vmlen / 2);
+    sprite_volume_close(clone);
+
+    /* The base cannot drop what the clone depends on. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, "2", NULL, &err), ==,
+                    -EBUSY);
+    g_assert_nonnull(strstr(err->message, "cannot be deleted"));
+    g_clear_error(&err);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 static void test_errors(gconstpointer data)
 {
     const Backend *b = data;
@@ -327,13 +568,14 @@ static void test_errors(gconstpointer data)
     g_assert_nonnull(strstr(err->message, "does not exist"));
     g_clear_error(&err);
     /* Bad sizes. */
-    g_assert_cmpint(sprite_volume_create(&o, 1000, NULL, &err), ==, -EINVAL);
+    g_assert_cmpint(sprite_volume_create(&o, 1000, NULL, NULL, &err), ==,
+                    -EINVAL);
     g_clear_error(&err);
-    g_assert_cmpint(sprite_volume_create(&o, 0, NULL, &err), ==, -EINVAL);
+    g_assert_cmpint(sprite_volume_create(&o, 0, NULL, NULL, &err), ==, -EINVAL);
     g_clear_error(&err);
     /* Exists. */
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==,
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
                     -EEXIST);
     g_assert_nonnull(strstr(err->message, "already exists"));
     g_clear_error(&err);
@@ -410,7 +652,7 @@ static void test_corrupt(gconstpointer data)
     size_t len;
 
     memset(buf, 0x5a, 200000);
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_cmpint(sprite_volume_writev(v, 0, 200000, &iov, 1, &err), ==, 0);
     sprite_volume_close(v);
@@ -463,7 +705,7 @@ static void test_newer_format(gconstpointer data)
     SpriteVolume *v;
     size_t len;
 
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==, 0);
     os = open_store(b, url, &u);
     key = sprite_key_descriptor(u->volume);
     g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
@@ -533,8 +775,8 @@ static void test_concurrent(gconstpointer data)
     struct iovec iov = { buf, sizeof(buf) };
     unsigned i;
 
-    g_assert_cmpint(sprite_volume_create(&o, c.blocks * 4096, NULL, &err),
-                    ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, c.blocks * 4096, NULL, NULL,
+                                         &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&o, &c.v, &err), ==, 0);
     for (i = 0; i < G_N_ELEMENTS(readers); i++) {
         readers[i] = g_thread_new("reader", concurrent_reader, &c);
@@ -569,7 +811,7 @@ static void test_lease_expiry(gconstpointer data)
     int status;
     pid_t pid;
 
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==, 0);
     o.lease_ms = 1000;
     pid = fork();
     if (pid == 0) {
@@ -611,7 +853,7 @@ static void test_bad_credentials(void)
 
     b.secret = "wrong-secret";
     o = opts(&b, &url, &cache);
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, &err), ==,
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
                     -EACCES);
     g_assert_null(strstr(err->message, "wrong-secret"));
     g_clear_error(&err);
@@ -622,11 +864,11 @@ int main(int argc, char **argv)
 {
     const char *tests[] = { "differential", "flush-durable", "clone",
                             "errors", "corrupt", "newer-format",
-                            "lease-expiry", "concurrent" };
+                            "lease-expiry", "concurrent", "checkpoints" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
-                            test_concurrent };
+                            test_concurrent, test_checkpoints };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

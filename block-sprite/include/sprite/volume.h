@@ -57,10 +57,15 @@ typedef struct SpriteVolumeOptions {
  * With @base_url, the new volume reads as a copy of that volume as it is
  * now (its newest flushed state); this stores only a reference, whatever
  * the size (which may be larger than the base's, not smaller; 0 means the
- * base's).  Fails with -EEXIST if the volume exists.
+ * base's).  With @base_checkpoint too (an ID or name), it reads as that
+ * checkpoint of the base instead, and has a checkpoint of the same name
+ * that restores the checkpoint's VM state: a VM started from the new
+ * volume with loadvm resumes where the checkpoint was taken.  Fails with
+ * -EEXIST if the volume exists.
  */
 int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
-                         const char *base_url, GError **errp);
+                         const char *base_url, const char *base_checkpoint,
+                         GError **errp);
 
 /*
  * Open a volume.  On success *@out is the volume, to be closed with
@@ -117,6 +122,68 @@ int sprite_volume_block_status(SpriteVolume *v, uint64_t offset,
                                uint64_t len, uint64_t *pnum,
                                unsigned *status, GError **errp);
 
+/*
+ * Checkpoints.  A checkpoint freezes the volume as it is (every write
+ * made before it, flushed or not) together with the VM state written
+ * before it through sprite_volume_vmstate_writev(); going to it makes
+ * the volume read as it did then, VM state included.  Taking and going
+ * to a checkpoint are metadata operations in memory (no data is copied);
+ * the checkpoint becomes durable on the object store with the next
+ * upload (see SpriteCheckpoint.durable and sprite_volume_flush()).
+ */
+
+/* The VM state area: savevm's stream, at most this many bytes. */
+#define SPRITE_VMSTATE_SIZE (1ULL << 61)
+
+typedef struct SpriteCheckpoint {
+    uint64_t id;                /* > 0, assigned when taken */
+    char *name;                 /* unique within the volume */
+    uint64_t size;              /* the disk's size then */
+    uint64_t vm_state_size;     /* bytes of VM state (0: disk only) */
+    int64_t date_sec;           /* wall clock when taken */
+    int64_t date_nsec;
+    int64_t vm_clock_nsec;      /* guest clock when taken */
+    int64_t icount;             /* instruction count, or -1 */
+    uint64_t added_bytes;       /* data stored since the previous one */
+    bool durable;               /* on the object store */
+} SpriteCheckpoint;
+
+/* Write or read VM state at byte @pos of the VM state area. */
+int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
+                                 const struct iovec *iov, int iovcnt,
+                                 GError **errp);
+int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
+                                const struct iovec *iov, int iovcnt,
+                                GError **errp);
+
+/*
+ * Take checkpoint @ck->name with the VM state written so far (its first
+ * @ck->vm_state_size bytes; the VM state area is empty afterwards).  The
+ * dates are recorded as given; @ck->id is set.  -EEXIST if the name is
+ * taken.
+ */
+int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
+                                    GError **errp);
+
+/* Make the volume (and its VM state area) read as checkpoint @id_or_name
+ * (an ID or a name).  -ENOENT if there is no such checkpoint. */
+int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
+                                  GError **errp);
+
+/*
+ * Delete the checkpoint with ID @id and name @name (either may be NULL,
+ * not both).  -ENOENT if there is none; -EBUSY if a volume was created
+ * from it.
+ */
+int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
+                                    const char *name, GError **errp);
+
+/* The checkpoints, by increasing ID: *@out (free with
+ * sprite_checkpoints_free()) holds *@n of them.  Never blocks. */
+void sprite_volume_checkpoint_list(SpriteVolume *v, SpriteCheckpoint **out,
+                                   size_t *n);
+void sprite_checkpoints_free(SpriteCheckpoint *cks, size_t n);
+
 typedef struct SpriteVolumeInfo {
     char *url;              /* canonical URL */
     char *base_url;         /* NULL without a base */
@@ -128,6 +195,7 @@ typedef struct SpriteVolumeInfo {
     bool writable;          /* open for writing, with a lease: */
     uint64_t epoch;         /*   the lease's epoch */
     bool fencing;           /*   the store honours conditional writes */
+    uint64_t pending_bytes; /* written here, not yet on the store */
 } SpriteVolumeInfo;
 
 /* Fill @info; free its strings with sprite_volume_info_clear().  Never
