@@ -42,6 +42,7 @@
 #define SPRITE_OPT_RETRY_TIMEOUT "retry-timeout"
 #define SPRITE_OPT_TAKEOVER "takeover"
 #define SPRITE_OPT_BASE "base"
+#define SPRITE_OPT_BASE_CHECKPOINT "base-checkpoint"
 
 typedef struct BDRVSpriteState {
     SpriteVolume *vol;      /* thread-safe: libsprite serialises */
@@ -282,6 +283,8 @@ typedef enum SpriteOp {
     SPRITE_OP_FLUSH,
     SPRITE_OP_TRUNCATE,
     SPRITE_OP_BLOCK_STATUS,
+    SPRITE_OP_SAVE_VMSTATE,
+    SPRITE_OP_LOAD_VMSTATE,
 } SpriteOp;
 
 typedef struct SpriteRequest {
@@ -318,6 +321,14 @@ static int sprite_worker(void *opaque)
     case SPRITE_OP_BLOCK_STATUS:
         return sprite_volume_block_status(r->vol, r->offset, r->bytes,
                                           &r->pnum, &r->status, &r->err);
+    case SPRITE_OP_SAVE_VMSTATE:
+        return sprite_volume_vmstate_writev(r->vol, r->offset, r->bytes,
+                                            r->qiov->iov, r->qiov->niov,
+                                            &r->err);
+    case SPRITE_OP_LOAD_VMSTATE:
+        return sprite_volume_vmstate_readv(r->vol, r->offset, r->bytes,
+                                           r->qiov->iov, r->qiov->niov,
+                                           &r->err);
     }
     g_assert_not_reached();
 }
@@ -461,7 +472,10 @@ sprite_get_specific_info(BlockDriverState *bs, Error **errp)
     BDRVSpriteState *s = bs->opaque;
     ImageInfoSpecific *spec = g_new0(ImageInfoSpecific, 1);
     ImageInfoSpecificSprite *d = g_new0(ImageInfoSpecificSprite, 1);
+    SpriteCheckpointInfoList **tail;
     SpriteVolumeInfo info;
+    SpriteCheckpoint *cks;
+    size_t i, n;
 
     sprite_volume_get_info(s->vol, &info);
     d->url = g_strdup(info.url);
@@ -476,7 +490,21 @@ sprite_get_specific_info(BlockDriverState *bs, Error **errp)
         d->has_fencing = true;
         d->fencing = info.fencing;
     }
+    d->pending_bytes = info.pending_bytes;
     sprite_volume_info_clear(&info);
+
+    sprite_volume_checkpoint_list(s->vol, &cks, &n);
+    tail = &d->checkpoints;
+    for (i = 0; i < n; i++) {
+        SpriteCheckpointInfo *ci = g_new0(SpriteCheckpointInfo, 1);
+
+        ci->id = g_strdup_printf("%" PRIu64, cks[i].id);
+        ci->name = g_strdup(cks[i].name);
+        ci->durable = cks[i].durable;
+        ci->added_bytes = cks[i].added_bytes;
+        QAPI_LIST_APPEND(tail, ci);
+    }
+    sprite_checkpoints_free(cks, n);
 
     spec->type = IMAGE_INFO_SPECIFIC_KIND_SPRITE;
     spec->u.sprite.data = d;
@@ -494,6 +522,107 @@ sprite_co_get_allocated_file_size(BlockDriverState *bs)
     ret = info.store_bytes;
     sprite_volume_info_clear(&info);
     return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Checkpoints: internal snapshots and the VM state */
+
+static int coroutine_fn GRAPH_RDLOCK
+sprite_co_save_vmstate(BlockDriverState *bs, QEMUIOVector *qiov, int64_t pos)
+{
+    return sprite_co_io(bs, SPRITE_OP_SAVE_VMSTATE, pos, qiov->size, qiov);
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+sprite_co_load_vmstate(BlockDriverState *bs, QEMUIOVector *qiov, int64_t pos)
+{
+    return sprite_co_io(bs, SPRITE_OP_LOAD_VMSTATE, pos, qiov->size, qiov);
+}
+
+/*
+ * Taking a checkpoint, or going to one, changes only metadata in memory
+ * (libsprite ships it with the next upload), so these run in the main
+ * loop, with the node drained by the caller.
+ */
+static int GRAPH_RDLOCK
+sprite_snapshot_create(BlockDriverState *bs, QEMUSnapshotInfo *sn)
+{
+    BDRVSpriteState *s = bs->opaque;
+    SpriteCheckpoint ck = {
+        .name = sn->name,
+        .vm_state_size = sn->vm_state_size,
+        .date_sec = sn->date_sec,
+        .date_nsec = sn->date_nsec,
+        .vm_clock_nsec = sn->vm_clock_nsec,
+        .icount = (int64_t)sn->icount,
+    };
+    GError *err = NULL;
+    int ret;
+
+    ret = sprite_volume_checkpoint_create(s->vol, &ck, &err);
+    trace_sprite_snapshot(s, "create", sn->name, ret);
+    if (ret < 0) {
+        return sprite_io_error(ret, err);
+    }
+    snprintf(sn->id_str, sizeof(sn->id_str), "%" PRIu64, ck.id);
+    return 0;
+}
+
+static int GRAPH_UNLOCKED
+sprite_snapshot_goto(BlockDriverState *bs, const char *snapshot_id)
+{
+    BDRVSpriteState *s = bs->opaque;
+    GError *err = NULL;
+    int ret;
+
+    ret = sprite_volume_checkpoint_goto(s->vol, snapshot_id, &err);
+    trace_sprite_snapshot(s, "goto", snapshot_id, ret);
+    if (ret < 0) {
+        return sprite_io_error(ret, err);
+    }
+    /* A checkpoint taken before the volume grew is smaller. */
+    bs->total_sectors = sprite_volume_size(s->vol) / BDRV_SECTOR_SIZE;
+    return 0;
+}
+
+static int GRAPH_RDLOCK
+sprite_snapshot_delete(BlockDriverState *bs, const char *snapshot_id,
+                       const char *name, Error **errp)
+{
+    BDRVSpriteState *s = bs->opaque;
+    GError *err = NULL;
+    int ret;
+
+    ret = sprite_volume_checkpoint_delete(s->vol, snapshot_id, name, &err);
+    trace_sprite_snapshot(s, "delete", name ? name : snapshot_id, ret);
+    if (ret < 0) {
+        sprite_error_propagate(errp, err);
+    }
+    return ret;
+}
+
+static int GRAPH_RDLOCK
+sprite_snapshot_list(BlockDriverState *bs, QEMUSnapshotInfo **psn)
+{
+    BDRVSpriteState *s = bs->opaque;
+    QEMUSnapshotInfo *sn;
+    SpriteCheckpoint *cks;
+    size_t i, n;
+
+    sprite_volume_checkpoint_list(s->vol, &cks, &n);
+    sn = g_new0(QEMUSnapshotInfo, n);
+    for (i = 0; i < n; i++) {
+        snprintf(sn[i].id_str, sizeof(sn[i].id_str), "%" PRIu64, cks[i].id);
+        pstrcpy(sn[i].name, sizeof(sn[i].name), cks[i].name);
+        sn[i].vm_state_size = cks[i].vm_state_size;
+        sn[i].date_sec = cks[i].date_sec;
+        sn[i].date_nsec = cks[i].date_nsec;
+        sn[i].vm_clock_nsec = cks[i].vm_clock_nsec;
+        sn[i].icount = cks[i].icount;
+    }
+    sprite_checkpoints_free(cks, n);
+    *psn = sn;
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -515,6 +644,12 @@ static QemuOptsList sprite_create_opts = {
             .help = "URL of a volume to clone: only the difference from it "
                     "is stored",
         },
+        {
+            .name = SPRITE_OPT_BASE_CHECKPOINT,
+            .type = QEMU_OPT_STRING,
+            .help = "Checkpoint (ID or name) of the base to clone instead "
+                    "of its current state, VM state included",
+        },
         { /* end of list */ }
     }
 };
@@ -523,6 +658,7 @@ typedef struct SpriteCreate {
     SpriteVolumeOptions o;
     uint64_t size;
     const char *base;
+    const char *base_checkpoint;
     GError *err;
 } SpriteCreate;
 
@@ -530,7 +666,8 @@ static int sprite_create_worker(void *opaque)
 {
     SpriteCreate *c = opaque;
 
-    return sprite_volume_create(&c->o, c->size, c->base, &c->err);
+    return sprite_volume_create(&c->o, c->size, c->base, c->base_checkpoint,
+                                &c->err);
 }
 
 static int coroutine_fn GRAPH_UNLOCKED
@@ -539,11 +676,14 @@ sprite_co_create_opts(BlockDriver *drv, const char *filename,
 {
     SpriteCreate c = { 0 };
     g_autofree char *base = qemu_opt_get_del(opts, SPRITE_OPT_BASE);
+    g_autofree char *base_ckpt = qemu_opt_get_del(opts,
+                                                  SPRITE_OPT_BASE_CHECKPOINT);
     int ret;
 
     c.size = ROUND_UP(qemu_opt_get_size_del(opts, BLOCK_OPT_SIZE, 0),
                       BDRV_SECTOR_SIZE);
     c.base = base;
+    c.base_checkpoint = base_ckpt;
     c.o.url = filename;
     /* Creating needs no cache; credentials come from the environment. */
     c.o.access_key_id = g_getenv("AWS_ACCESS_KEY_ID");
@@ -591,6 +731,12 @@ static const char *const sprite_strong_runtime_opts[] = {
         .bdrv_co_pdiscard           = sprite_co_pdiscard,               \
         .bdrv_co_flush_to_disk      = sprite_co_flush,                  \
         .bdrv_co_block_status       = sprite_co_block_status,           \
+        .bdrv_co_save_vmstate       = sprite_co_save_vmstate,           \
+        .bdrv_co_load_vmstate       = sprite_co_load_vmstate,           \
+        .bdrv_snapshot_create       = sprite_snapshot_create,           \
+        .bdrv_snapshot_goto         = sprite_snapshot_goto,             \
+        .bdrv_snapshot_delete       = sprite_snapshot_delete,           \
+        .bdrv_snapshot_list         = sprite_snapshot_list,             \
         .strong_runtime_opts        = sprite_strong_runtime_opts,       \
     }
 

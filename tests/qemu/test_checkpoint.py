@@ -1,0 +1,181 @@
+#!/usr/bin/python3
+"""Checkpoints of a running guest: memory and disk together.
+
+The guest keeps a counter in memory (a tmpfs file) and the same counter on
+its sprite disk, plus 16 MiB of random data in memory.  After
+snapshot-load (QMP) or loadvm (HMP), both counters and the data must be
+those of the checkpoint: on this host, and on a "fresh host" (a new QEMU
+with an empty cache, started with -loadvm).  A volume created from a
+checkpoint boots into it too.  Bad requests fail and leave the VM
+running.  Run through tests/servers/with-servers; uses radosgw and the
+file store.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+import s3servers  # noqa: E402
+from guest import Guest, QMPError  # noqa: E402
+
+QEMU_IMG = str(REPO / "build" / "qemu" / "qemu-img")
+
+SET = """
+echo {n} >/tmp/counter
+printf '%-512s' {n} | dd of=/dev/vda bs=512 count=1 oflag=direct \
+    conv=notrunc 2>/dev/null
+"""
+GET = "cat /tmp/counter; dd if=/dev/vda bs=512 count=1 iflag=direct " \
+      "2>/dev/null | tr -d ' '; echo; md5sum </tmp/blob"
+
+
+def counters(g):
+    """(counter in memory, counter on disk, md5 of the memory blob)."""
+    mem, disk, md5 = g.check(GET).split()[:3]
+    return int(mem), int(disk), md5
+
+
+def run_job(g, command, **args):
+    """Run a snapshot-* job to its end; returns its error or None."""
+    job = f"{command}-{time.monotonic_ns()}"
+    g.qmp.execute(command, dict(args, **{"job-id": job}))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for j in g.qmp.execute("query-jobs"):
+            if j["id"] == job and j["status"] == "concluded":
+                g.qmp.execute("job-dismiss", {"id": job})
+                return j.get("error")
+        time.sleep(0.05)
+    raise AssertionError(f"{command} did not finish")
+
+
+def checkpoints(g, node="d0"):
+    for n in g.qmp.execute("query-named-block-nodes"):
+        if n["node-name"] == node:
+            return n["image"]["format-specific"]["data"]["checkpoints"]
+    raise AssertionError(f"no node {node}")
+
+
+def wait_durable(g, deadline_s=60):
+    deadline = time.monotonic() + deadline_s
+    while not all(c["durable"] for c in checkpoints(g)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"checkpoints not durable: {checkpoints(g)}")
+        time.sleep(0.1)
+
+
+class CheckpointTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="sprite-ckpt-"))
+        rgw = s3servers.Server.from_env("RGW")
+        self.assertIsNotNone(rgw, "run through tests/servers/with-servers")
+        (self.tmp / "store").mkdir()
+        self.stores = {
+            "file": (f"sprite+file://{self.tmp}/store/", {}),
+            "rgw": (f"sprite+http://{rgw.endpoint}/{rgw.bucket}/",
+                    {"AWS_ACCESS_KEY_ID": rgw.access_key,
+                     "AWS_SECRET_ACCESS_KEY": rgw.secret_key}),
+        }
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def volume(self, store, name):
+        prefix, env = self.stores[store]
+        url = f"{prefix}{name}-{os.getpid()}"
+        subprocess.run([QEMU_IMG, "create", "-f", "raw", url, "64M"],
+                       check=True, env=dict(os.environ, **env))
+        return url, env
+
+    def disk(self, url, cache, takeover=False):
+        return ["-blockdev", f"driver=sprite,node-name=d0,url={url},"
+                f"cache-dir={self.tmp / cache}"
+                f"{',takeover=on' if takeover else ''}",
+                "-device", "virtio-blk-pci,drive=d0"]
+
+    def test_checkpoints(self):
+        for store in self.stores:
+            with self.subTest(store=store):
+                self.checkpoint_scenario(store)
+
+    def checkpoint_scenario(self, store):
+        url, env = self.volume(store, "ckpt")
+        with Guest(self.disk(url, "cache1"), env=env) as g:
+            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=16 "
+                    "2>/dev/null")
+            g.check(SET.format(n=1))
+            _, _, blob = counters(g)
+            self.assertIsNone(run_job(g, "snapshot-save", tag="c1",
+                                      vmstate="d0", devices=["d0"]))
+            g.check(SET.format(n=2))
+            self.assertEqual(counters(g), (2, 2, blob))
+            self.assertIsNone(run_job(g, "snapshot-load", tag="c1",
+                                      vmstate="d0", devices=["d0"]))
+            self.assertEqual(counters(g), (1, 1, blob))
+
+            # HMP, and a second checkpoint after diverging from the first.
+            g.check(SET.format(n=3))
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "savevm c2"})
+            self.assertEqual(out.strip(), "")
+            listing = g.qmp.execute("human-monitor-command",
+                                    {"command-line": "info snapshots"})
+            self.assertIn("c1", listing)
+            self.assertIn("c2", listing)
+
+            # Bad requests fail and the VM runs on, unchanged.
+            err = run_job(g, "snapshot-load", tag="nope", vmstate="d0",
+                          devices=["d0"])
+            self.assertIn("nope", err or "")
+            err = run_job(g, "snapshot-save", tag="c2", vmstate="d0",
+                          devices=["d0"])
+            self.assertIn("already exists", err or "")
+            self.assertEqual(g.qmp.execute("query-status")["status"],
+                             "running")
+            self.assertEqual(counters(g), (3, 3, blob))
+
+            names = [c["name"] for c in checkpoints(g)]
+            self.assertEqual(names, ["c1", "c2"])
+            wait_durable(g)
+            g.kill()   # the host is lost
+
+        # Another host: empty cache, straight into c1 with -loadvm.  The
+        # killed QEMU still holds the lease: take it over.
+        with Guest(self.disk(url, "cache2", takeover=True) +
+                   ["-loadvm", "c1"], env=env,
+                   wait_ready=False) as g:
+            self.assertEqual(counters(g), (1, 1, blob))
+            g.qmp.execute("human-monitor-command",
+                          {"command-line": "loadvm c2"})
+            self.assertEqual(counters(g), (3, 3, blob))
+            self.assertIsNone(run_job(g, "snapshot-delete", tag="c1",
+                                      devices=["d0"]))
+            self.assertEqual([c["name"] for c in checkpoints(g)], ["c2"])
+            wait_durable(g)
+
+        # A new volume (a new VM) from checkpoint c2.
+        prefix, _ = self.stores[store]
+        clone = f"{prefix}clone-{os.getpid()}"
+        subprocess.run([QEMU_IMG, "create", "-f", "raw", "-o",
+                        f"base={url},base-checkpoint=c2", clone, "0"],
+                       check=True, env=dict(os.environ, **env))
+        with Guest(self.disk(clone, "cache3") + ["-loadvm", "c2"], env=env,
+                   wait_ready=False) as g:
+            self.assertEqual(counters(g), (3, 3, blob))
+            g.check(SET.format(n=4))
+            self.assertEqual(counters(g), (4, 4, blob))
+        # The original did not change.
+        with Guest(self.disk(url, "cache2") + ["-loadvm", "c2"], env=env,
+                   wait_ready=False) as g:
+            self.assertEqual(counters(g), (3, 3, blob))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
