@@ -4,7 +4,8 @@
     bench/run.py [--quick] [--out DIR] [--no-plots] [BENCH...]
     tests/servers/with-servers bench/run.py          # with radosgw
 
-BENCH is any of io, flush, cold, create (default: all, in that order).
+BENCH is any of io, flush, cold, create, open, checkpoint (default:
+all, in that order).
 Each prints its progress, then its table; the results go to
 DIR/latest.json (default bench/results/) and one PNG per benchmark to
 DIR/<bench>.png.  --quick uses small counts (well under a minute for
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common as c  # noqa: E402
 
-BENCHES = ("io", "flush", "cold", "create")
+BENCHES = ("io", "flush", "cold", "create", "open", "checkpoint")
 
 
 def load(name: str):
@@ -71,7 +72,7 @@ def machine() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("benches", nargs="*", metavar="BENCH",
-                    help="io, flush, cold, create (default: all)")
+                    help="io, flush, cold, create, open, checkpoint (default: all)")
     ap.add_argument("--quick", action="store_true",
                     help="small counts: a smoke run, numbers are rough")
     ap.add_argument("--out", type=Path, default=c.RESULTS,

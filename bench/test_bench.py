@@ -35,14 +35,15 @@ class BenchSmokeTest(unittest.TestCase):
             out = Path(d)
             r = subprocess.run([PYTHON, str(BENCH / "run.py"), "--quick",
                                 "--out", str(out)],
-                               capture_output=True, text=True, timeout=540)
+                               capture_output=True, text=True, timeout=840)
             log = f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
             self.assertEqual(r.returncode, 0, log)
             res = json.loads((out / "latest.json").read_text())
 
             self.assertTrue(res["meta"]["quick"])
             self.assertTrue(res["meta"]["rgw"], log)
-            for name in ("io", "flush", "cold", "create"):
+            for name in ("io", "flush", "cold", "create", "open",
+                         "checkpoint"):
                 self.assertIn(name, res, log)
                 self.assertNotIn("error", res[name], log)
                 self.assertNotIn("skipped", res[name], log)
@@ -79,8 +80,23 @@ class BenchSmokeTest(unittest.TestCase):
                 self.assertEqual(set(row["median_s"]), {"1G", "100G", "none"})
                 self.assertIsNotNone(row["ratio_100g_1g"])
 
+            op = res["open"]
+            self.assertEqual([r["store"] for r in op["rows"]], ["file", "rgw"])
+            for row in op["rows"]:
+                self.assertGreater(row["cold_s"], 0)
+                self.assertIsNotNone(row["cold_vs_qcow2"])
+
+            ck = res["checkpoint"]
+            self.assertEqual([r["target"] for r in ck["rows"]],
+                             ["qcow2", "sprite-file", "sprite-rgw"])
+            for row in ck["rows"]:
+                for step in ("save", "save_again", "load", "restore"):
+                    self.assertGreater(row["median_s"][step], 0)
+                self.assertEqual(len(row["added_bytes"]), 2)
+
             if has_matplotlib():
-                for name in ("io", "flush", "cold", "create"):
+                for name in ("io", "flush", "cold", "create", "open",
+                             "checkpoint"):
                     png = out / f"{name}.png"
                     self.assertTrue(png.exists(), log)
                     self.assertEqual(png.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
