@@ -14,8 +14,14 @@
 #include "store/segcache.h"
 #include "store/segment.h"
 
-/* Chunks fetched beyond the last one asked for, for sequential reads. */
-#define READAHEAD_CHUNKS 15
+/*
+ * Read-ahead, in chunks fetched beyond the last one asked for.  A miss
+ * where the previous fetch of the segment ended (a sequential read)
+ * doubles it, from READAHEAD_START up to READAHEAD_MAX (16 MiB per GET);
+ * any other miss fetches only what was asked for.
+ */
+#define READAHEAD_START 4
+#define READAHEAD_MAX 255
 /* Fetches of a chunk that fails its checksum before it is an error. */
 #define REFETCHES 2
 
@@ -24,6 +30,8 @@ typedef struct CachedSeg {
     int fd;
     SpriteSegHeader *h;
     uint8_t *verified;          /* one byte per chunk */
+    uint32_t next;              /* the chunk after the last fetch */
+    uint32_t ahead;             /* the read-ahead of the last fetch */
     uint64_t bytes;             /* bytes accounted to the cache */
     GList link;                 /* in the LRU list, data = this */
 } CachedSeg;
@@ -368,7 +376,9 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
             continue;
         }
         /* Fetch a run of missing chunks, reading ahead past @last. */
-        end = MIN(h->nchunks - 1, last + READAHEAD_CHUNKS);
+        s->ahead = i != s->next ? 0 :
+                   MIN(MAX(s->ahead * 2, READAHEAD_START), READAHEAD_MAX);
+        end = MIN(h->nchunks - 1, (uint64_t)last + s->ahead);
         for (j = i + 1; j <= end && !s->verified[j]; j++) {
             /* extend the run over chunks not known to be present */
         }
@@ -409,6 +419,7 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         memset(s->verified + i, 1, end - i + 1);
         account(c, s, len);
         i = end + 1;
+        s->next = i;
     }
     return 0;
 }

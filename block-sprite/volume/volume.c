@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,7 +58,13 @@
 /* Pending bytes that wake the shipper to upload without a flush... */
 #define PENDING_MAX (32u << 20)
 /* ...and that make writers upload themselves, when it falls behind. */
-#define PENDING_HARD (256u << 20)
+#define PENDING_HARD (1ULL << 30)
+/*
+ * The pending log keeps its data after this many bytes, where the
+ * segment header goes when it is sealed, so that the log file is the
+ * segment object (mapped, not copied) unless the header is larger.
+ */
+#define PEND_RESERVE (1u << 20)
 /* How long the shipper waits before it tries a failed upload again. */
 #define SHIP_RETRY_US (5 * G_USEC_PER_SEC)
 /* Upload a metadata snapshot after this many segments. */
@@ -78,6 +85,7 @@ typedef struct Sealed {
     char *path;
     uint8_t *obj;               /* the whole object, once built */
     size_t len;
+    bool mapped;                /* @obj is a mapping of the file */
     SpriteExtmap *map;          /* its view (see SpriteVolume.pending) */
     bool opaque;
     bool disk;                  /* it changes the disk, not only VM state */
@@ -260,7 +268,11 @@ static void sealed_free(Sealed *sl)
             unlink(sl->path);
         }
         g_free(sl->path);
-        g_free(sl->obj);
+        if (sl->mapped) {
+            munmap(sl->obj, sl->len);
+        } else {
+            g_free(sl->obj);
+        }
         g_free(sl);
     }
 }
@@ -1378,7 +1390,7 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
     done = 0;
     while (done < len) {
         ssize_t k = pwritev(v->pend_fd, w + first, MIN(n - first, IOV_MAX),
-                            v->pend_len + done);
+                            PEND_RESERVE + v->pend_len + done);
 
         if (k < 0 && errno == EINTR) {
             continue;
@@ -1405,8 +1417,11 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
 
 /*
  * After a write: upload without waiting for a flush once enough is
- * pending.  The write is acknowledged either way; a failure here shows
- * at the next flush.  Called with neither lock held.
+ * pending.  A log of VM state alone (savevm streaming) waits for the
+ * checkpoint that ends it, up to half the hard limit, so that uploads do
+ * not compete with savevm for the host.  The write is acknowledged
+ * either way; a failure here shows at the next flush.  Called with
+ * neither lock held.
  */
 static void maybe_flush(SpriteVolume *v)
 {
@@ -1414,7 +1429,7 @@ static void maybe_flush(SpriteVolume *v)
 
     g_mutex_lock(&v->lock);
     hard = v->pend_len >= PENDING_HARD;
-    if (v->pend_len >= PENDING_MAX) {
+    if (v->pend_len >= (v->pend_disk ? PENDING_MAX : PENDING_HARD / 2)) {
         kick_shipper(v);
     }
     g_mutex_unlock(&v->lock);
@@ -1608,20 +1623,45 @@ static int seal_pending(SpriteVolume *v, GError **errp)
     return 0;
 }
 
-/* Build the object of @sl: its header, then its data.  Called by the
- * flushing thread, without v->lock: @sl's file no longer changes. */
+/*
+ * Build the object of @sl: its header, then its data.  The header goes
+ * in the log file's reserve, just before the data, and the object is
+ * that part of the file, mapped; a header larger than the reserve means
+ * a copy.  Called by the flushing thread, without v->lock: @sl's data no
+ * longer changes.
+ */
 static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
 {
-    uint8_t *obj = g_malloc(sl->len);
-    int ret = pread_full(sl->fd, obj + sl->h->header_len, sl->h->data_len,
-                         0);
+    const SpriteSegHeader *h = sl->h;
+    uint8_t *obj;
+    int ret;
 
-    if (ret < 0) {
-        g_free(obj);
-        return errno_error(errp, -ret, "cannot read the sealed log of "
-                           "volume '%s'", v->url_str);
+    if (h->header_len <= PEND_RESERVE) {
+        off_t at = PEND_RESERVE - h->header_len;
+
+        /* A log without data is empty: give the mapping its bytes. */
+        if (ftruncate(sl->fd, PEND_RESERVE + h->data_len) < 0) {
+            return errno_error(errp, errno, "cannot size the sealed log of "
+                               "volume '%s'", v->url_str);
+        }
+        obj = mmap(NULL, sl->len, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   sl->fd, at);
+        if (obj == MAP_FAILED) {
+            return errno_error(errp, errno, "cannot map the sealed log of "
+                               "volume '%s'", v->url_str);
+        }
+        sl->mapped = true;
+    } else {
+        obj = g_malloc(sl->len);
+        ret = pread_full(sl->fd, obj + h->header_len, h->data_len,
+                         PEND_RESERVE);
+        if (ret < 0) {
+            g_free(obj);
+            return errno_error(errp, -ret, "cannot read the sealed log of "
+                               "volume '%s'", v->url_str);
+        }
     }
-    sprite_seg_header_encode(sl->h, obj + sl->h->header_len, obj);
+    sprite_seg_header_encode(sl->h, obj + h->header_len, obj);
     sl->obj = obj;
     return 0;
 }
@@ -1861,7 +1901,7 @@ static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
 
     if (sealed || e->seg == pending_seq(v)) {
         ret = pread_full(sealed ? v->sealed->fd : v->pend_fd, buf, e->len,
-                         e->data_off);
+                         PEND_RESERVE + e->data_off);
         if (ret < 0) {
             return errno_error(errp, -ret, "cannot read the %s log of "
                                "volume '%s'", sealed ? "sealed" : "pending",
