@@ -10,6 +10,10 @@ no smaller than the number of writes acknowledged: no flushed write
 lost, nothing torn, a prefix of the writes issued.  The next writer
 needs takeover=on, since the dead one never released its lease.
 
+Each kill is also a power cut for the cache directory (see
+power_loss()): what a real one can do to files that were not synced is
+done to them before the next life starts, as SQLite's test6.c does.
+
 SPRITE_CRASH_ITERATIONS sets the number of kills per store (default 12).
 Run through tests/servers/with-servers.
 """
@@ -52,6 +56,39 @@ def image_after(writes, j):
     return bytes(img)
 
 
+def power_loss(cache, rnd):
+    """Do to the cache what losing power can: writes not yet synced are
+    dropped (a file cut short) or torn (sectors of garbage or zeroes).
+    Segment cache files, the pending and sealed logs are never synced:
+    anything goes.  SQLite's WAL may lose or tear its unsynced tail
+    (whole frames are checksummed); the shared-memory index is lost.  The
+    main database file is written only by checkpoints that sync the WAL
+    first, so it is left alone.  Returns the number of files damaged."""
+    damaged = 0
+    for path in sorted(Path(cache).rglob("*")):
+        if not path.is_file() or path.name in ("lock", "meta.db"):
+            continue
+        if path.name == "meta.db-shm":
+            path.unlink()
+            continue
+        size = path.stat().st_size
+        action = rnd.choice(["keep", "cut", "tear", "zero"])
+        if action == "keep" or size == 0:
+            continue
+        damaged += 1
+        if action == "cut" or path.name == "meta.db-wal":
+            with open(path, "r+b") as f:
+                f.truncate(rnd.randrange(0, size))
+            continue
+        with open(path, "r+b") as f:
+            for _ in range(rnd.randrange(1, 5)):
+                sector = rnd.randrange(0, (size + 511) // 512)
+                f.seek(sector * 512)
+                f.write(rnd.randbytes(512) if action == "tear"
+                        else bytes(512))
+    return damaged
+
+
 class CrashTest(unittest.TestCase):
     def setUp(self):
         self.tmp = Path(tempfile.mkdtemp(prefix="sprite-crash-"))
@@ -65,7 +102,7 @@ class CrashTest(unittest.TestCase):
 
     def crash_loop(self, prefix, env):
         rnd = random.Random(int(os.environ.get("SPRITE_CRASH_SEED", "4242")))
-        kills = verified = 0
+        kills = verified = damaged = 0
         for it in range(ITERATIONS):
             url = f"{prefix}crash-{os.getpid()}-{it}"
             cache = self.tmp / f"cache-{it}"
@@ -90,6 +127,7 @@ class CrashTest(unittest.TestCase):
                 p.send_signal(signal.SIGKILL)
                 out, _ = p.communicate()
                 kills += 1
+                damaged += power_loss(cache, rnd)
                 done = out.count("wrote ")
                 self.assertNotIn("failed", out)
                 acked = first + done
@@ -104,7 +142,8 @@ class CrashTest(unittest.TestCase):
             self.check_prefix(url, env, self.tmp / "empty", writes,
                               len(writes), len(writes))
             shutil.rmtree(self.tmp / "empty", ignore_errors=True)
-        print(f"{kills} kills, {verified} states verified", flush=True)
+        print(f"{kills} kills, {damaged} cache files damaged, {verified} "
+              "states verified", flush=True)
 
     def check_prefix(self, url, env, cache, writes, acked, issued):
         """The volume equals the image after j writes, acked <= j <=
