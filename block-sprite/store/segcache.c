@@ -22,6 +22,10 @@
  */
 #define READAHEAD_START 4
 #define READAHEAD_MAX 255
+/* A fetch larger than this is split into ranged GETs run in parallel... */
+#define FETCH_PIECE (2u << 20)
+/* ...on up to this many threads. */
+#define FETCH_THREADS 4
 /* Fetches of a chunk that fails its checksum before it is an error. */
 #define REFETCHES 2
 
@@ -263,6 +267,68 @@ static int fetch(SpriteSegCache *c, uint64_t seq, uint64_t off, size_t len,
     return 0;
 }
 
+typedef struct Fetcher {
+    SpriteSegCache *c;
+    uint64_t seq;
+    uint64_t off;               /* of the whole fetch */
+    uint64_t len;
+    uint8_t *buf;
+    unsigned first, step;       /* the pieces this thread fetches */
+    int ret;
+    GError *err;
+} Fetcher;
+
+static gpointer fetch_pieces(gpointer opaque)
+{
+    Fetcher *f = opaque;
+    uint64_t at;
+
+    for (at = (uint64_t)f->first * FETCH_PIECE; at < f->len && f->ret == 0;
+         at += (uint64_t)f->step * FETCH_PIECE) {
+        f->ret = fetch(f->c, f->seq, f->off + at,
+                       MIN(FETCH_PIECE, f->len - at), f->buf + at, &f->err);
+    }
+    return NULL;
+}
+
+/*
+ * fetch(), as several ranged GETs in flight when @len is large: one
+ * stream of GETs leaves most of a store's throughput unused.
+ */
+static int fetch_parallel(SpriteSegCache *c, uint64_t seq, uint64_t off,
+                          uint64_t len, uint8_t *buf, GError **errp)
+{
+    unsigned n = MIN(FETCH_THREADS, (len + FETCH_PIECE - 1) / FETCH_PIECE);
+    Fetcher f[FETCH_THREADS];
+    GThread *t[FETCH_THREADS] = { NULL };
+    unsigned i;
+    int ret = 0;
+
+    if (n <= 1) {
+        return fetch(c, seq, off, len, buf, errp);
+    }
+    for (i = 0; i < n; i++) {
+        f[i] = (Fetcher){ .c = c, .seq = seq, .off = off, .len = len,
+                          .buf = buf, .first = i, .step = n };
+        if (i > 0) {
+            t[i] = g_thread_new("sprite-fetch", fetch_pieces, &f[i]);
+        }
+    }
+    fetch_pieces(&f[0]);
+    for (i = 0; i < n; i++) {
+        if (t[i]) {
+            g_thread_join(t[i]);
+        }
+        if (f[i].ret < 0 && ret == 0) {
+            ret = f[i].ret;
+            g_propagate_error(errp, f[i].err);
+        } else {
+            g_clear_error(&f[i].err);
+        }
+    }
+    return ret;
+}
+
 static int load(SpriteSegCache *c, uint64_t seq, CachedSeg **out,
                 GError **errp)
 {
@@ -387,7 +453,7 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         len = (uint64_t)(end - i) * SPRITE_CHUNK_SIZE +
               sprite_seg_chunk_len(h, end);
         buf = g_realloc(buf, len);
-        ret = fetch(c, s->seq, h->header_len + off, len, buf, errp);
+        ret = fetch_parallel(c, s->seq, h->header_len + off, len, buf, errp);
         if (ret < 0) {
             return ret;
         }

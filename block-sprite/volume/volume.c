@@ -41,7 +41,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -76,13 +75,13 @@ G_STATIC_ASSERT(SPRITE_VMSTATE_SIZE == SPRITE_VMSTATE_LIMIT);
 
 /*
  * A segment taken from the pending log, being (or to be) uploaded.  The
- * log's file becomes the sealed file, which readers read; the flushing
- * thread builds @obj from it without holding the volume lock.
+ * log's file becomes the sealed log, which readers read, and the other
+ * log file takes writes; the flushing thread builds @obj from the sealed
+ * log without holding the volume lock.
  */
 typedef struct Sealed {
     SpriteSegHeader *h;
     int fd;                     /* the sealed log: the segment's data */
-    char *path;
     uint8_t *obj;               /* the whole object, once built */
     size_t len;
     bool mapped;                /* @obj is a mapping of the file */
@@ -143,7 +142,8 @@ struct SpriteVolume {
     uint64_t written;           /* data bytes of the durable segments */
     GArray *records;            /* SpriteRecord of the pending log */
     unsigned pend_disk;         /* how many of them change the disk */
-    int pend_fd;
+    int log_fd[2];              /* the two log files, used in turn */
+    int pend_fd;                /* the one that takes writes */
     uint64_t pend_len;
     SpriteSegCache *cache;
 
@@ -263,11 +263,10 @@ static void sealed_free(Sealed *sl)
     if (sl) {
         sprite_seg_header_free(sl->h);
         sprite_extmap_free(sl->map);
-        if (sl->fd >= 0) {
-            close(sl->fd);
-            unlink(sl->path);
+        /* The log file is free for the next seal. */
+        if (ftruncate(sl->fd, 0) < 0) {
+            /* harmless: the next log truncates it when it starts */
         }
-        g_free(sl->path);
         if (sl->mapped) {
             munmap(sl->obj, sl->len);
         } else {
@@ -483,16 +482,25 @@ static int lock_cache_dir(SpriteVolume *v, GError **errp)
     return 0;
 }
 
-/* Create (or empty) the pending log. */
-static int open_pending(SpriteVolume *v, GError **errp)
+/*
+ * Create (or empty: what a previous life left was never acknowledged as
+ * durable) the two log files; the first takes writes.
+ */
+static int open_logs(SpriteVolume *v, GError **errp)
 {
-    g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
-    int fd = open(pend, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int i;
 
-    if (fd < 0) {
-        return errno_error(errp, errno, "cannot create %s", pend);
+    for (i = 0; i < 2; i++) {
+        g_autofree char *name = g_strdup_printf("log.%d", i);
+        g_autofree char *path = g_build_filename(v->dir, name, NULL);
+
+        v->log_fd[i] = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+                            0600);
+        if (v->log_fd[i] < 0) {
+            return errno_error(errp, errno, "cannot create %s", path);
+        }
     }
-    v->pend_fd = fd;
+    v->pend_fd = v->log_fd[0];
     return 0;
 }
 
@@ -954,7 +962,7 @@ static SpriteVolume *volume_new(void)
     g_mutex_init(&v->lock);
     g_mutex_init(&v->flush_lock);
     v->lock_fd = -1;
-    v->pend_fd = -1;
+    v->log_fd[0] = v->log_fd[1] = v->pend_fd = -1;
     v->map = sprite_extmap_new();
     v->pending = sprite_extmap_new();
     v->records = g_array_new(FALSE, FALSE, sizeof(SpriteRecord));
@@ -966,6 +974,8 @@ static SpriteVolume *volume_new(void)
 
 static void volume_free(SpriteVolume *v)
 {
+    int i;
+
     stop_shipper(v);
     sprite_lease_release(v->lease);
     if (v->base) {
@@ -973,8 +983,11 @@ static void volume_free(SpriteVolume *v)
     }
     sprite_meta_close(v->meta);
     sprite_segcache_close(v->cache);
-    if (v->pend_fd >= 0) {
-        close(v->pend_fd);
+    sealed_free(v->sealed);
+    for (i = 0; i < 2; i++) {
+        if (v->log_fd[i] >= 0) {
+            close(v->log_fd[i]);
+        }
     }
     if (v->lock_fd >= 0) {
         close(v->lock_fd);
@@ -995,7 +1008,6 @@ static void volume_free(SpriteVolume *v)
     g_mutex_clear(&v->ckpt_lock);
     g_cond_clear(&v->ship_cond);
     g_ptr_array_free(v->ckpts, TRUE);
-    sealed_free(v->sealed);
     g_free(v);
 }
 
@@ -1099,11 +1111,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         goto fail;
     }
     if (!v->read_only) {
-        g_autofree char *sealed = g_build_filename(v->dir, "sealed", NULL);
-
-        /* What a previous life left unflushed is lost, as promised. */
-        unlink(sealed);
-        ret = open_pending(v, errp);
+        ret = open_logs(v, errp);
         if (ret < 0) {
             goto fail;
         }
@@ -1569,35 +1577,19 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
 }
 
 /*
- * Turn the pending log into segment v->seq + 1 (v->sealed) and start a
- * new log: writes go on while it uploads.  Costs no copy: the log file
- * becomes the sealed file.
- * Called with v->lock held and v->sealed NULL.
+ * Turn the pending log into segment v->seq + 1 (v->sealed) and let the
+ * other log file take writes while it uploads.  Costs no copy and no
+ * file system operation.
+ * Called with v->lock held and v->sealed NULL (so the other log is free
+ * and empty).
  */
-static int seal_pending(SpriteVolume *v, GError **errp)
+static void seal_pending(SpriteVolume *v)
 {
-    g_autofree char *pend = g_build_filename(v->dir, "pending", NULL);
     Sealed *sl = g_new0(Sealed, 1);
     SpriteSegHeader *h = g_new0(SpriteSegHeader, 1);
-    int ret;
 
-    sl->path = g_build_filename(v->dir, "sealed", NULL);
-    sl->fd = -1;
-    if (rename(pend, sl->path) < 0) {
-        sealed_free(sl);
-        return errno_error(errp, errno, "cannot seal the pending log of "
-                           "volume '%s'", v->url_str);
-    }
     sl->fd = v->pend_fd;
-    ret = open_pending(v, errp);
-    if (ret < 0) {
-        /* Put the log back: nothing changed. */
-        rename(sl->path, pend);
-        v->pend_fd = sl->fd;
-        sl->fd = -1;
-        sealed_free(sl);
-        return ret;
-    }
+    v->pend_fd = v->log_fd[v->pend_fd == v->log_fd[0]];
     sl->h = h;
     h->seq = v->seq + 1;
     h->epoch = v->lease_info.epoch;
@@ -1620,7 +1612,6 @@ static int seal_pending(SpriteVolume *v, GError **errp)
     v->pend_len = 0;
     v->segment_due = false;
     v->sealed = sl;
-    return 0;
 }
 
 /*
@@ -1735,7 +1726,7 @@ static int flush_volume(SpriteVolume *v, GError **errp)
                 g_mutex_unlock(&v->lock);
                 break;
             }
-            ret = seal_pending(v, errp);
+            seal_pending(v);
         }
         g_mutex_unlock(&v->lock);
         if (ret == 0) {
