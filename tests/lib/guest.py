@@ -266,7 +266,7 @@ class Guest:
 
     def poweroff(self, timeout: float = 60.0) -> int:
         """`sync; poweroff -f` in the guest, then wait as shutdown() does."""
-        self._send(b"SPRITE-RUN 0 " + base64.b64encode(b"sync; poweroff -f") + b"\n")
+        self.start_script("sync; poweroff -f")
         return self._finish(timeout)
 
     def kill(self) -> None:
@@ -370,6 +370,11 @@ class Guest:
         with self._console_cond:
             out = bytes(self._console[begin.end():end.start()])
         return int(end.group(1)), out.decode(errors="replace")
+
+    def start_script(self, script: str) -> None:
+        """Start a shell script in the guest without waiting for it (its
+        output appears on the console; nothing else can run meanwhile)."""
+        self._send(b"SPRITE-RUN 0 " + base64.b64encode(script.encode()) + b"\n")
 
     def check(self, script: str, timeout: float = 60.0) -> str:
         """run(), but raise GuestError unless the exit status is 0."""

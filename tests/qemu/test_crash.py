@@ -10,6 +10,10 @@ no smaller than the number of writes acknowledged: no flushed write
 lost, nothing torn, a prefix of the writes issued.  The next writer
 needs takeover=on, since the dead one never released its lease.
 
+test_guest does the same to QEMU running a guest that writes numbered
+blocks in order, each flushed (O_DIRECT, then fsync) before the guest
+prints its acknowledgement on the console.
+
 Each kill is also a power cut for the cache directory (see
 power_loss()): what a real one can do to files that were not synced is
 done to them before the next life starts, as SQLite's test6.c does.
@@ -20,6 +24,7 @@ Run through tests/servers/with-servers.
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "lib"))
 import s3servers  # noqa: E402
+from guest import Guest  # noqa: E402
 
 QEMU_IMG = str(REPO / "build" / "qemu" / "qemu-img")
 QEMU_IO = str(REPO / "build" / "qemu" / "qemu-io")
@@ -158,6 +164,58 @@ class CrashTest(unittest.TestCase):
                 return j
         self.fail(f"{url}: the volume is not the state after any of writes "
                   f"{acked}..{issued} (acknowledged: {acked})")
+
+    def test_guest(self):
+        """QEMU with a guest killed while the guest writes and syncs:
+        every block the guest saw acknowledged is on the store, and the
+        blocks written are a prefix of those issued."""
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.rgw.access_key,
+                   AWS_SECRET_ACCESS_KEY=self.rgw.secret_key)
+        prefix = f"sprite+http://{self.rgw.endpoint}/{self.rgw.bucket}/"
+        rnd = random.Random(int(os.environ.get("SPRITE_CRASH_SEED", "4242")))
+        blocks = 4096   # 4 KiB blocks the guest may write, in order
+        for it in range(max(2, ITERATIONS // 4)):
+            url = f"{prefix}gcrash-{os.getpid()}-{it}"
+            subprocess.run([QEMU_IMG, "create", "-f", "raw", url,
+                            str(blocks * 4096)], check=True, env=env,
+                           capture_output=True)
+            disk = ["-blockdev", f"driver=sprite,node-name=d0,url={url},"
+                    f"cache-dir={self.tmp / f'gcache-{it}'}",
+                    "-device", "virtio-blk-pci,drive=d0"]
+            with Guest(disk, env=env) as g:
+                # Block n holds its number; each write is flushed
+                # (O_DIRECT, then fsync) before "ACK n" is printed.
+                pos = g.console_position()
+                g.start_script(
+                    f"n=0; while [ $n -lt {blocks} ]; do "
+                    "printf '%-4096s' $n | dd of=/dev/vda bs=4096 seek=$n "
+                    "count=1 oflag=direct conv=notrunc,fsync 2>/dev/null "
+                    "&& echo ACK $n; n=$((n+1)); done")
+                g.wait_console(rb"ACK 3\n", pos, 60)
+                time.sleep(rnd.uniform(0.0, 2.0))
+                g.kill()
+                acks = [int(x) for x in re.findall(r"ACK (\d+)",
+                                                   g.console())]
+            acked = max(acks) + 1
+            raw = self.tmp / "g.raw"
+            subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts",
+                            f"driver=sprite,url={url},cache-dir="
+                            f"{self.tmp / 'gempty'}", str(raw)],
+                           check=True, env=env, capture_output=True)
+            shutil.rmtree(self.tmp / "gempty", ignore_errors=True)
+            data = raw.read_bytes()
+            written = 0
+            while written < blocks and data[written * 4096:
+                                            (written + 1) * 4096] == \
+                    f"{written:<4096}".encode():
+                written += 1
+            self.assertGreaterEqual(written, acked,
+                                    f"{url}: acknowledged blocks lost")
+            self.assertEqual(data[written * 4096:], bytes(len(data) -
+                                                          written * 4096),
+                             f"{url}: blocks written out of order")
+            print(f"guest killed after {acked} acknowledged writes; "
+                  f"{written} on the store", flush=True)
 
     def test_file_store(self):
         self.crash_loop(f"sprite+file://{self.tmp}/store/",
