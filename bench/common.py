@@ -120,6 +120,22 @@ NEEDS_SERVERS = ("needs radosgw: run under tests/servers/with-servers "
                  "(SPRITE_TEST_RGW_* not set or not answering)")
 
 
+def stores(work: Path, cache_home: Path, bench: str,
+           log=print) -> list[tuple[str, str, dict]]:
+    """(name, URL prefix, environment) of each store to measure: the
+    file store under `work`, and radosgw when it runs (else logged as
+    skipped); caches go under `cache_home`."""
+    (work / "store").mkdir(exist_ok=True)
+    out = [("file", f"sprite+file://{work}/store/", sprite_env(cache_home))]
+    rgw = rgw_server()
+    if rgw:
+        out.append(("rgw", f"sprite+http://{rgw.endpoint}/{rgw.bucket}/",
+                    sprite_env(cache_home, rgw)))
+    else:
+        log(f"  {bench}: rgw skipped: " + NEEDS_SERVERS)
+    return out
+
+
 def unique(prefix: str) -> str:
     """A volume / key name unique to this process and moment."""
     return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"

@@ -32,24 +32,11 @@ def params(quick: bool) -> dict:
     return {"clones": 3 if quick else 15}
 
 
-def stores(work: Path, log) -> list[tuple[str, str, dict]]:
-    """(name, URL prefix, environment) of each store to measure."""
-    (work / "store").mkdir(exist_ok=True)
-    out = [("file", f"sprite+file://{work}/store/",
-            c.sprite_env(work / "cache-create"))]
-    rgw = c.rgw_server()
-    if rgw:
-        out.append(("rgw", f"sprite+http://{rgw.endpoint}/{rgw.bucket}/",
-                    c.sprite_env(work / "cache-create", rgw)))
-    else:
-        log("  create: rgw skipped: " + c.NEEDS_SERVERS)
-    return out
-
-
 def run(quick: bool, work: Path, log=print) -> dict:
     n = params(quick)["clones"]
     rows = []
-    for name, prefix, env in stores(work, log):
+    for name, prefix, env in c.stores(work, work / "cache-create", "create",
+                                      log):
         tag = c.unique("bench-create")
         base = {"1G": prefix + tag + "-base1g", "100G": prefix + tag + "-base100g"}
         c.run([c.QEMU_IMG, "create", "-f", "raw", base["1G"], "1G"], env=env)

@@ -53,17 +53,8 @@ def run(quick: bool, work: Path, log=print) -> dict:
     qcow2_s = best_of(p["reps"], lambda: c.timed([c.QEMU_IMG, "info", qcow]))
     process_s = best_of(p["reps"], lambda: c.timed([c.QEMU_IMG, "info", raw]))
 
-    stores = [("file", f"sprite+file://{work}/store/",
-               c.sprite_env(work / "xdg"))]
-    (work / "store").mkdir()
-    rgw = c.rgw_server()
-    if rgw:
-        stores.append(("rgw", f"sprite+http://{rgw.endpoint}/{rgw.bucket}/",
-                       c.sprite_env(work / "xdg", rgw)))
-    else:
-        log("  open: rgw skipped: " + c.NEEDS_SERVERS)
     rows = []
-    for name, prefix, env in stores:
+    for name, prefix, env in c.stores(work, work / "xdg", "open", log):
         url = prefix + c.unique("bench-open")
         c.run([c.QEMU_IMG, "create", "-f", "raw", url, "1G"], env=env)
         log(f"  open: {name}: writing {n} extents")
@@ -81,8 +72,8 @@ def run(quick: bool, work: Path, log=print) -> dict:
                      "warm_vs_qcow2": c.ratio(warm_s, qcow2_s)})
         log(f"  open: {name}: cold {cold_s * 1000:.0f} ms, warm "
             f"{warm_s * 1000:.0f} ms")
-    if rgw:
-        c.rgw_cleanup(rgw, "bench-open", log)
+    if c.rgw_server():
+        c.rgw_cleanup(c.rgw_server(), "bench-open", log)
     return {"params": p, "qcow2_s": qcow2_s, "process_s": process_s,
             "rows": rows}
 
