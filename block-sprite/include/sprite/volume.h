@@ -101,8 +101,13 @@ int sprite_volume_write_zeroes(SpriteVolume *v, uint64_t offset,
 int sprite_volume_discard(SpriteVolume *v, uint64_t offset, uint64_t len,
                           GError **errp);
 
-/* Return once every write acknowledged before the call, and the metadata
- * that maps it, is durable on the object store. */
+/*
+ * Return once every write to the disk acknowledged before the call, and
+ * the metadata that maps it, is durable on the object store.  VM state
+ * and checkpoint records that no disk write follows are left to the
+ * volume's shipper thread, which uploads them at once (see
+ * SpriteCheckpoint.durable).
+ */
 int sprite_volume_flush(SpriteVolume *v, GError **errp);
 
 /* Grow the volume to @size bytes (shrinking is refused with -ENOTSUP). */
