@@ -22,6 +22,7 @@ QEMU_IMG = str(REPO / "build" / "qemu" / "qemu-img")
 QEMU_IO = str(REPO / "build" / "qemu" / "qemu-io")
 # Requests for a segment object (not listings of them).
 SEGMENT = r"^/[^?]*/seg/[0-9a-f]{16}$"
+SNAPSHOT = r"^/[^?]*/meta/[0-9a-f]{16}$"
 
 
 class FaultsTest(unittest.TestCase):
@@ -132,6 +133,32 @@ class FaultsTest(unittest.TestCase):
         self.drop_cache()
         self.io("read -P 0x47 0 4k")
 
+    def test_restore_when_metadata_snapshots_failed(self):
+        # 70 flushes cross the 64-segment mark, and closing uploads a
+        # snapshot too; the store refuses every snapshot meanwhile.  The
+        # data is all in segments: restoring replays them all.
+        volume = self.url.rsplit("/", 1)[1]
+
+        def snapshots():
+            return [o["key"] for o in self.rgw.client().list_objects(
+                self.rgw.bucket, f"{volume}/meta/")]
+        rule = self.proxy.add_rule("status", method="PUT", key_re=SNAPSHOT,
+                                   status=503)
+        writes = [f"write -P {i + 1} {i * 4096} 4k" for i in range(70)]
+        self.io(*[c for w in writes for c in (w, "flush")],
+                opts=",retry-timeout=1")
+        self.assertGreaterEqual(self.proxy.stats()["faults"].get("status"), 2)
+        self.assertEqual(snapshots(), [])
+        self.proxy.remove_rule(rule)
+        self.drop_cache()
+        reads = [f"read -P {i + 1} {i * 4096} 4k" for i in range(70)]
+        self.io(*reads)
+        # Snapshots work again (that writer's close uploaded one): a
+        # restore from it plus the segments after it reads the same.
+        self.assertEqual(len(snapshots()), 1)
+        self.io("write -P 0x49 1M 4k", "flush")
+        self.drop_cache()
+        self.io(*reads, "read -P 0x49 1M 4k")
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
