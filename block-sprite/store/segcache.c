@@ -29,21 +29,32 @@
 /* Fetches of a chunk that fails its checksum before it is an error. */
 #define REFETCHES 2
 
+/* SpriteSegCache.verified values */
+enum { CHUNK_UNKNOWN, CHUNK_VERIFIED, CHUNK_FETCHING };
+
 typedef struct CachedSeg {
     uint64_t seq;
     int fd;
     SpriteSegHeader *h;
-    uint8_t *verified;          /* one byte per chunk */
+    uint8_t *verified;          /* one CHUNK_* per chunk */
+    unsigned users;             /* reads in progress: not to be evicted */
     uint32_t next;              /* the chunk after the last fetch */
     uint32_t ahead;             /* the read-ahead of the last fetch */
     uint64_t bytes;             /* bytes accounted to the cache */
     GList link;                 /* in the LRU list, data = this */
 } CachedSeg;
 
+/*
+ * @lock protects everything but @os, @volume and @dir, and is dropped
+ * while chunks are fetched: other reads go on meanwhile, and a read that
+ * needs chunks being fetched waits for @fetched.
+ */
 struct SpriteSegCache {
     SpriteObjstore *os;
     char *volume;
     char *dir;
+    GMutex lock;
+    GCond fetched;
     uint64_t limit;
     uint64_t used;
     GHashTable *segs;           /* seq -> CachedSeg */
@@ -92,15 +103,16 @@ static CachedSeg *add_seg(SpriteSegCache *c, uint64_t seq, uint64_t bytes)
 
 static void evict(SpriteSegCache *c, CachedSeg *keep)
 {
-    while (c->used > c->limit) {
-        GList *l = c->lru.head;
-        CachedSeg *s;
+    GList *l = c->lru.head;
+
+    while (c->used > c->limit && l) {
+        CachedSeg *s = l->data;
         g_autofree char *path = NULL;
 
-        if (!l || l->data == keep) {
-            break;
+        l = l->next;
+        if (s == keep || s->users) {
+            continue;
         }
-        s = l->data;
         path = seg_path(c, s->seq);
         unlink(path);
         forget(c, s);
@@ -139,6 +151,8 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
     c->volume = g_strdup(volume);
     c->dir = g_strdup(dir);
     c->limit = limit;
+    g_mutex_init(&c->lock);
+    g_cond_init(&c->fetched);
     c->segs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                     cached_seg_free);
     g_queue_init(&c->lru);
@@ -165,6 +179,8 @@ void sprite_segcache_close(SpriteSegCache *c)
 {
     if (c) {
         g_hash_table_destroy(c->segs);
+        g_mutex_clear(&c->lock);
+        g_cond_clear(&c->fetched);
         g_free(c->volume);
         g_free(c->dir);
         g_free(c);
@@ -176,6 +192,7 @@ void sprite_segcache_drop_all(SpriteSegCache *c)
     GHashTableIter it;
     gpointer v;
 
+    g_mutex_lock(&c->lock);
     g_hash_table_iter_init(&it, c->segs);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         CachedSeg *s = v;
@@ -186,11 +203,17 @@ void sprite_segcache_drop_all(SpriteSegCache *c)
     g_hash_table_remove_all(c->segs);
     g_queue_init(&c->lru);
     c->used = 0;
+    g_mutex_unlock(&c->lock);
 }
 
 uint64_t sprite_segcache_used(SpriteSegCache *c)
 {
-    return c->used;
+    uint64_t used;
+
+    g_mutex_lock(&c->lock);
+    used = c->used;
+    g_mutex_unlock(&c->lock);
+    return used;
 }
 
 static int io_error(int err, GError **errp, const char *what,
@@ -406,38 +429,99 @@ int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,
                            const SpriteSegHeader **out, GError **errp)
 {
     CachedSeg *s;
-    int ret = load(c, seq, &s, errp);
+    int ret;
 
+    g_mutex_lock(&c->lock);
+    ret = load(c, seq, &s, errp);
     if (ret == 0) {
         *out = s->h;
     }
+    g_mutex_unlock(&c->lock);
     return ret;
 }
 
-/* Make chunks [@first, @last] of @s present and verified. */
+/*
+ * Fetch chunks [@i, @end] of @s, marked CHUNK_FETCHING by the caller,
+ * check them and write them to the cache file.  Returns the last chunk
+ * that is good (>= @last, or an error): read-ahead into damage keeps
+ * what is good.  Called without c->lock; the caller pins @s.
+ */
+static int fetch_run(SpriteSegCache *c, CachedSeg *s, uint32_t i,
+                     uint32_t end, uint32_t last, uint32_t *good,
+                     GError **errp)
+{
+    const SpriteSegHeader *h = s->h;
+    uint64_t off = (uint64_t)i * SPRITE_CHUNK_SIZE;
+    uint64_t len = (uint64_t)(end - i) * SPRITE_CHUNK_SIZE +
+                   sprite_seg_chunk_len(h, end);
+    g_autofree uint8_t *buf = g_malloc(len);
+    unsigned refetches = 0;
+    uint32_t j;
+    int ret;
+
+    for (;;) {
+        ret = fetch_parallel(c, s->seq, h->header_len + off, len, buf, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        if (sprite_seg_chunk_ok(h, i, buf) || ++refetches > REFETCHES) {
+            break;
+        }
+        /* Perhaps damaged on the way: ask once more. */
+    }
+    for (j = i; j <= end; j++) {
+        if (sprite_seg_chunk_ok(h, j, buf + (uint64_t)(j - i) *
+                                SPRITE_CHUNK_SIZE)) {
+            continue;
+        }
+        if (j > last) {
+            end = j - 1;
+            len = (uint64_t)(end - i + 1) * SPRITE_CHUNK_SIZE;
+            break;
+        }
+        g_set_error(errp, SPRITE_ERROR, EIO, "segment %016"
+                    G_GINT64_MODIFIER "x: chunk %u does not match its "
+                    "checksum (corrupt object)", s->seq, j);
+        return -EIO;
+    }
+    ret = pwrite_full(s->fd, buf, len, h->header_len + off);
+    if (ret < 0) {
+        g_autofree char *path = seg_path(c, s->seq);
+        return io_error(-ret, errp, "write", path);
+    }
+    *good = end;
+    return 0;
+}
+
+/*
+ * Make chunks [@first, @last] of @s present and verified.  Called with
+ * c->lock held and @s pinned (s->users); drops the lock while fetching.
+ */
 static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
                        uint32_t last, GError **errp)
 {
     const SpriteSegHeader *h = s->h;
-    g_autofree uint8_t *buf = NULL;
+    g_autofree uint8_t *buf = g_malloc(SPRITE_CHUNK_SIZE);
     uint32_t i = first;
-    unsigned refetches = 0;
 
     while (i <= last) {
-        uint32_t j, end;
-        uint64_t off, len;
+        uint32_t j, end, good;
         int ret;
 
-        if (s->verified[i]) {
+        if (s->verified[i] == CHUNK_VERIFIED) {
             i++;
             continue;
         }
+        if (s->verified[i] == CHUNK_FETCHING) {
+            /* Another read is fetching it. */
+            g_cond_wait(&c->fetched, &c->lock);
+            continue;
+        }
         /* Already in the cache file? */
-        buf = g_realloc(buf, SPRITE_CHUNK_SIZE);
         ret = pread_full(s->fd, buf, sprite_seg_chunk_len(h, i),
                          h->header_len + (uint64_t)i * SPRITE_CHUNK_SIZE);
         if (ret == 0 && sprite_seg_chunk_ok(h, i, buf)) {
-            s->verified[i] = 1;
+            s->verified[i] = CHUNK_VERIFIED;
             i++;
             continue;
         }
@@ -445,52 +529,31 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         s->ahead = i != s->next ? 0 :
                    MIN(MAX(s->ahead * 2, READAHEAD_START), READAHEAD_MAX);
         end = MIN(h->nchunks - 1, (uint64_t)last + s->ahead);
-        for (j = i + 1; j <= end && !s->verified[j]; j++) {
+        for (j = i + 1; j <= end && s->verified[j] == CHUNK_UNKNOWN; j++) {
             /* extend the run over chunks not known to be present */
         }
         end = j - 1;
-        off = (uint64_t)i * SPRITE_CHUNK_SIZE;
-        len = (uint64_t)(end - i) * SPRITE_CHUNK_SIZE +
-              sprite_seg_chunk_len(h, end);
-        buf = g_realloc(buf, len);
-        ret = fetch_parallel(c, s->seq, h->header_len + off, len, buf, errp);
+        s->next = end + 1;
+        memset(s->verified + i, CHUNK_FETCHING, end - i + 1);
+        g_mutex_unlock(&c->lock);
+        ret = fetch_run(c, s, i, end, last, &good, errp);
+        g_mutex_lock(&c->lock);
+        memset(s->verified + i, CHUNK_UNKNOWN, end - i + 1);
+        if (ret == 0) {
+            memset(s->verified + i, CHUNK_VERIFIED, good - i + 1);
+            account(c, s, (uint64_t)(good - i + 1) * SPRITE_CHUNK_SIZE);
+            i = good + 1;
+        }
+        g_cond_broadcast(&c->fetched);
         if (ret < 0) {
             return ret;
         }
-        if (!sprite_seg_chunk_ok(h, i, buf) && ++refetches <= REFETCHES) {
-            /* Perhaps damaged on the way: ask once more. */
-            continue;
-        }
-        for (j = i; j <= end; j++) {
-            if (sprite_seg_chunk_ok(h, j, buf + (uint64_t)(j - i) *
-                                    SPRITE_CHUNK_SIZE)) {
-                continue;
-            }
-            if (j > last) {
-                /* Read ahead into damage: keep what is good. */
-                end = j - 1;
-                len = (uint64_t)(end - i + 1) * SPRITE_CHUNK_SIZE;
-                break;
-            }
-            g_set_error(errp, SPRITE_ERROR, EIO, "segment %016"
-                        G_GINT64_MODIFIER "x: chunk %u does not match its "
-                        "checksum (corrupt object)", s->seq, j);
-            return -EIO;
-        }
-        ret = pwrite_full(s->fd, buf, len, h->header_len + off);
-        if (ret < 0) {
-            g_autofree char *path = seg_path(c, s->seq);
-            return io_error(-ret, errp, "write", path);
-        }
-        memset(s->verified + i, 1, end - i + 1);
-        account(c, s, len);
-        i = end + 1;
-        s->next = i;
     }
     return 0;
 }
 
-int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+/* Called with c->lock held */
+static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
                          uint64_t len, void *buf, GError **errp)
 {
     CachedSeg *s;
@@ -509,21 +572,34 @@ int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     if (len == 0) {
         return 0;
     }
+    s->users++;
     ret = fill_chunks(c, s, data_off / SPRITE_CHUNK_SIZE,
                       (data_off + len - 1) / SPRITE_CHUNK_SIZE, errp);
-    if (ret < 0) {
-        return ret;
+    if (ret == 0) {
+        ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
+        if (ret < 0) {
+            g_autofree char *path = seg_path(c, seq);
+            ret = io_error(-ret, errp, "read", path);
+        }
     }
-    ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
-    if (ret < 0) {
-        g_autofree char *path = seg_path(c, seq);
-        return io_error(-ret, errp, "read", path);
-    }
-    return 0;
+    s->users--;
+    return ret;
 }
 
-int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
-                           const void *obj, size_t len, GError **errp)
+int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+                         uint64_t len, void *buf, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&c->lock);
+    ret = segcache_read(c, seq, data_off, len, buf, errp);
+    g_mutex_unlock(&c->lock);
+    return ret;
+}
+
+/* Called with c->lock held */
+static int segcache_insert(SpriteSegCache *c, uint64_t seq, const void *obj,
+                           size_t len, GError **errp)
 {
     g_autofree char *path = seg_path(c, seq);
     CachedSeg *s;
@@ -548,7 +624,18 @@ int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
         return ret;
     }
     /* We just wrote these bytes: no need to check them again. */
-    memset(s->verified, 1, s->h->nchunks);
+    memset(s->verified, CHUNK_VERIFIED, s->h->nchunks);
     account(c, s, len);
     return 0;
+}
+
+int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
+                           const void *obj, size_t len, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&c->lock);
+    ret = segcache_insert(c, seq, obj, len, errp);
+    g_mutex_unlock(&c->lock);
+    return ret;
 }

@@ -14,7 +14,8 @@
  * least recently used segment first, when the cache grows past its
  * bound; segments being written are not in this cache (see volume.c).
  *
- * Not thread-safe: the volume serialises calls.
+ * Thread-safe.  Chunks are fetched without the cache's lock, so reads of
+ * other chunks, and other fetches, go on meanwhile.
  */
 #ifndef SPRITE_SEGCACHE_H
 #define SPRITE_SEGCACHE_H

@@ -1883,7 +1883,7 @@ static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
     }
 }
 
-/* Called with v->lock held */
+/* Called with v->lock held; drops it while reading a durable segment. */
 static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
                       GError **errp)
 {
@@ -1900,8 +1900,16 @@ static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
         }
         return 0;
     }
-    return sprite_segcache_read(v->cache, e->seg, e->data_off, e->len, buf,
-                                errp);
+    /*
+     * A durable segment never changes: read it without the volume lock,
+     * so that a cache miss's GET does not hold up other I/O (the segment
+     * cache has its own lock, dropped during fetches).
+     */
+    g_mutex_unlock(&v->lock);
+    ret = sprite_segcache_read(v->cache, e->seg, e->data_off, e->len, buf,
+                               errp);
+    g_mutex_lock(&v->lock);
+    return ret;
 }
 
 /* Read the disk or, at SPRITE_VMSTATE_BASE and above, the VM state. */

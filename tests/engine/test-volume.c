@@ -730,7 +730,7 @@ typedef struct Concurrent {
     unsigned blocks;
     gint written;                   /* blocks written so far (atomic) */
     gint stop;                      /* atomic */
-    unsigned bad;
+    gint bad;                       /* atomic */
 } Concurrent;
 
 static gpointer concurrent_reader(gpointer opaque)
@@ -751,12 +751,12 @@ static gpointer concurrent_reader(gpointer opaque)
         for (i = 0; i < sizeof(buf); i++) {
             if (buf[i] != buf[0] ||
                 (buf[0] != 0 && buf[0] != (uint8_t)(b % 255 + 1))) {
-                c->bad++;
+                g_atomic_int_inc(&c->bad);
                 break;
             }
         }
         if (buf[0] == 0 && b < written) {
-            c->bad++;
+            g_atomic_int_inc(&c->bad);
         }
     }
     g_rand_free(r);
@@ -770,7 +770,7 @@ static void test_concurrent(gconstpointer data)
     SpriteVolumeOptions o = opts(b, &url, &cache);
     g_autoptr(GError) err = NULL;
     Concurrent c = { .blocks = 256 };
-    GThread *readers[2];
+    GThread *readers[2], *cold[4];
     uint8_t buf[4096];
     struct iovec iov = { buf, sizeof(buf) };
     unsigned i;
@@ -794,7 +794,27 @@ static void test_concurrent(gconstpointer data)
     for (i = 0; i < G_N_ELEMENTS(readers); i++) {
         g_thread_join(readers[i]);
     }
-    g_assert_cmpuint(c.bad, ==, 0);
+    g_assert_cmpint(c.bad, ==, 0);
+    sprite_volume_close(c.v);
+
+    /*
+     * Cold reads from four threads at once with a cache smaller than the
+     * volume: misses fetch in parallel, wait for each other's fetches of
+     * the same chunks, and evict each other's segments.
+     */
+    rm_rf(cache);
+    o.cache_size = 128 * 1024;
+    g_assert_cmpint(sprite_volume_open(&o, &c.v, &err), ==, 0);
+    g_atomic_int_set(&c.stop, 0);
+    for (i = 0; i < G_N_ELEMENTS(cold); i++) {
+        cold[i] = g_thread_new("cold-reader", concurrent_reader, &c);
+    }
+    g_usleep(G_USEC_PER_SEC);
+    g_atomic_int_set(&c.stop, 1);
+    for (i = 0; i < G_N_ELEMENTS(cold); i++) {
+        g_thread_join(cold[i]);
+    }
+    g_assert_cmpint(c.bad, ==, 0);
     sprite_volume_close(c.v);
 }
 
