@@ -59,6 +59,17 @@ struct SpriteSegCache {
     uint64_t used;
     GHashTable *segs;           /* seq -> CachedSeg */
     GQueue lru;                 /* head: least recently used */
+
+    /*
+     * The prefetcher fetches the run of chunks after a sequential read's
+     * fetch while the reader consumes it: one request, the newest.
+     */
+    GThread *prefetcher;
+    GCond prefetch_wake;
+    bool prefetch_stop;
+    bool prefetch_due;
+    uint64_t prefetch_seq;
+    uint32_t prefetch_first, prefetch_last;
 };
 
 static char *seg_path(SpriteSegCache *c, uint64_t seq)
@@ -132,6 +143,8 @@ static void account(SpriteSegCache *c, CachedSeg *s, uint64_t bytes)
     evict(c, s);
 }
 
+static gpointer prefetch_main(gpointer opaque);
+
 int sprite_segcache_open(SpriteObjstore *os, const char *volume,
                          const char *dir, uint64_t limit,
                          SpriteSegCache **out, GError **errp)
@@ -153,6 +166,7 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
     c->limit = limit;
     g_mutex_init(&c->lock);
     g_cond_init(&c->fetched);
+    g_cond_init(&c->prefetch_wake);
     c->segs = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                     cached_seg_free);
     g_queue_init(&c->lru);
@@ -171,6 +185,7 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
     if (d) {
         closedir(d);
     }
+    c->prefetcher = g_thread_new("sprite-prefetch", prefetch_main, c);
     *out = c;
     return 0;
 }
@@ -178,9 +193,15 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
 void sprite_segcache_close(SpriteSegCache *c)
 {
     if (c) {
+        g_mutex_lock(&c->lock);
+        c->prefetch_stop = true;
+        g_cond_signal(&c->prefetch_wake);
+        g_mutex_unlock(&c->lock);
+        g_thread_join(c->prefetcher);
         g_hash_table_destroy(c->segs);
         g_mutex_clear(&c->lock);
         g_cond_clear(&c->fetched);
+        g_cond_clear(&c->prefetch_wake);
         g_free(c->volume);
         g_free(c->dir);
         g_free(c);
@@ -494,6 +515,30 @@ static int fetch_run(SpriteSegCache *c, CachedSeg *s, uint32_t i,
 }
 
 /*
+ * fetch_run() for chunks [@i, @end] of @s, marking them as being
+ * fetched meanwhile: called with c->lock held and @s pinned, drops the
+ * lock while fetching.  Sets *@good as fetch_run() does.
+ */
+static int fetch_locked(SpriteSegCache *c, CachedSeg *s, uint32_t i,
+                        uint32_t end, uint32_t last, uint32_t *good,
+                        GError **errp)
+{
+    int ret;
+
+    memset(s->verified + i, CHUNK_FETCHING, end - i + 1);
+    g_mutex_unlock(&c->lock);
+    ret = fetch_run(c, s, i, end, last, good, errp);
+    g_mutex_lock(&c->lock);
+    memset(s->verified + i, CHUNK_UNKNOWN, end - i + 1);
+    if (ret == 0) {
+        memset(s->verified + i, CHUNK_VERIFIED, *good - i + 1);
+        account(c, s, (uint64_t)(*good - i + 1) * SPRITE_CHUNK_SIZE);
+    }
+    g_cond_broadcast(&c->fetched);
+    return ret;
+}
+
+/*
  * Make chunks [@first, @last] of @s present and verified.  Called with
  * c->lock held and @s pinned (s->users); drops the lock while fetching.
  */
@@ -534,22 +579,59 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         }
         end = j - 1;
         s->next = end + 1;
-        memset(s->verified + i, CHUNK_FETCHING, end - i + 1);
-        g_mutex_unlock(&c->lock);
-        ret = fetch_run(c, s, i, end, last, &good, errp);
-        g_mutex_lock(&c->lock);
-        memset(s->verified + i, CHUNK_UNKNOWN, end - i + 1);
-        if (ret == 0) {
-            memset(s->verified + i, CHUNK_VERIFIED, good - i + 1);
-            account(c, s, (uint64_t)(good - i + 1) * SPRITE_CHUNK_SIZE);
-            i = good + 1;
-        }
-        g_cond_broadcast(&c->fetched);
+        ret = fetch_locked(c, s, i, end, last, &good, errp);
         if (ret < 0) {
             return ret;
         }
+        if (s->ahead && good + 1 < h->nchunks) {
+            /* Sequential: fetch the next run while this one is read. */
+            c->prefetch_seq = s->seq;
+            c->prefetch_first = good + 1;
+            c->prefetch_last = MIN(h->nchunks - 1, (uint64_t)good + s->ahead);
+            c->prefetch_due = true;
+            s->next = c->prefetch_last + 1;
+            g_cond_signal(&c->prefetch_wake);
+        }
+        i = good + 1;
     }
     return 0;
+}
+
+static gpointer prefetch_main(gpointer opaque)
+{
+    SpriteSegCache *c = opaque;
+
+    g_mutex_lock(&c->lock);
+    while (!c->prefetch_stop) {
+        CachedSeg *s;
+        uint32_t i, end, good;
+
+        if (!c->prefetch_due) {
+            g_cond_wait(&c->prefetch_wake, &c->lock);
+            continue;
+        }
+        c->prefetch_due = false;
+        s = g_hash_table_lookup(c->segs, &c->prefetch_seq);
+        if (!s || !s->h) {
+            continue;       /* evicted meanwhile */
+        }
+        i = c->prefetch_first;
+        while (i <= c->prefetch_last && s->verified[i] != CHUNK_UNKNOWN) {
+            i++;
+        }
+        for (end = i; end < c->prefetch_last &&
+             s->verified[end + 1] == CHUNK_UNKNOWN; end++) {
+            /* the run of chunks nobody has or fetches */
+        }
+        if (i <= c->prefetch_last) {
+            s->users++;
+            /* A failure only leaves the chunks to the reader. */
+            fetch_locked(c, s, i, end, i, &good, NULL);
+            s->users--;
+        }
+    }
+    g_mutex_unlock(&c->lock);
+    return NULL;
 }
 
 /* Called with c->lock held */
