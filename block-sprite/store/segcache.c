@@ -658,7 +658,11 @@ static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     ret = fill_chunks(c, s, data_off / SPRITE_CHUNK_SIZE,
                       (data_off + len - 1) / SPRITE_CHUNK_SIZE, errp);
     if (ret == 0) {
+        /* The chunks are verified and @s is pinned: read without the
+         * lock, so that reads of the cache run side by side. */
+        g_mutex_unlock(&c->lock);
         ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
+        g_mutex_lock(&c->lock);
         if (ret < 0) {
             g_autofree char *path = seg_path(c, seq);
             ret = io_error(-ret, errp, "read", path);
