@@ -235,14 +235,18 @@ static Ckpt *ckpt_decode(uint64_t id, uint64_t seq, const char *text,
  * with both, one that has both.  Called with @lock or @ckpt_lock held. */
 static Ckpt *find_ckpt(SpriteVolume *v, const char *id, const char *name)
 {
+    guint64 want = 0;
     guint i;
 
+    /* IDs are decimal numbers; any other string names no checkpoint. */
+    if (id && !g_ascii_string_to_unsigned(id, 10, 1, G_MAXUINT64, &want,
+                                          NULL)) {
+        return NULL;
+    }
     for (i = 0; i < v->ckpts->len; i++) {
         Ckpt *c = g_ptr_array_index(v->ckpts, i);
-        g_autofree char *cid = g_strdup_printf("%" G_GUINT64_FORMAT,
-                                               c->pub.id);
 
-        if ((!id || g_str_equal(id, cid)) &&
+        if ((!id || c->pub.id == want) &&
             (!name || g_str_equal(name, c->pub.name))) {
             return c;
         }
