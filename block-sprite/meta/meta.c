@@ -38,6 +38,8 @@ static const char schema[] =
     "  length INTEGER NOT NULL, kind INTEGER NOT NULL,"
     "  seg INTEGER NOT NULL, data_off INTEGER NOT NULL,"
     "  PRIMARY KEY (ckpt, start)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS garbage("
+    "  key TEXT PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO volume VALUES ('format', '1');";
 
 static int sql_error(SpriteMeta *m, int rc, const char *what, GError **errp)
@@ -441,5 +443,108 @@ int sprite_meta_export(SpriteMeta *m, GBytes **out, GError **errp)
     }
     unlink(tmp);
     *out = g_bytes_new_take(data, len);
+    return 0;
+}
+
+int sprite_meta_foreach_segment(SpriteMeta *m,
+                                void (*fn)(uint64_t seq, uint32_t header_len,
+                                           uint64_t data_len, void *opaque),
+                                void *opaque, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT seq, header_len, data_len FROM segments "
+                  "ORDER BY seq", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+           sqlite3_column_int64(st, 2), opaque);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list segments", errp);
+}
+
+int sprite_meta_remove_segment(SpriteMeta *m, uint64_t seq, GError **errp)
+{
+    return exec_bound(m, "DELETE FROM segments WHERE seq = ?1", seq, 0, NULL,
+                      errp);
+}
+
+int sprite_meta_checkpoint_segments(SpriteMeta *m,
+                                    void (*fn)(uint64_t seq, void *opaque),
+                                    void *opaque, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, "SELECT DISTINCT seg FROM checkpoint_extents "
+                  "WHERE kind = 1", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fn(sqlite3_column_int64(st, 0), opaque);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list checkpoint "
+                                             "segments", errp);
+}
+
+int sprite_meta_garbage_since(SpriteMeta *m, const char *key, int64_t now,
+                              int64_t *since, GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = exec_bound(m, "INSERT OR IGNORE INTO garbage VALUES (?3, ?1)",
+                     now, 0, key, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = prepare(m, "SELECT since FROM garbage WHERE key = ?1", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *since = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : sql_error(m, rc, "find garbage", errp);
+}
+
+int sprite_meta_garbage_prune(SpriteMeta *m, GHashTable *keep, GError **errp)
+{
+    g_autoptr(GPtrArray) gone = g_ptr_array_new_with_free_func(g_free);
+    sqlite3_stmt *st;
+    int rc, ret;
+    guint i;
+
+    ret = prepare(m, "SELECT key FROM garbage", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *key = (const char *)sqlite3_column_text(st, 0);
+
+        if (!g_hash_table_contains(keep, key)) {
+            g_ptr_array_add(gone, g_strdup(key));
+        }
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return sql_error(m, rc, "list garbage", errp);
+    }
+    for (i = 0; i < gone->len; i++) {
+        ret = exec_bound(m, "DELETE FROM garbage WHERE key = ?3", 0, 0,
+                         g_ptr_array_index(gone, i), errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     return 0;
 }

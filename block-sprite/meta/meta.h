@@ -21,6 +21,9 @@
  *   checkpoint_extents(ckpt, start, length, kind, seg, data_off,
  *                      PRIMARY KEY (ckpt, start))
  *                 -- each checkpoint's copy of the extent map
+ *   garbage(key TEXT PRIMARY KEY, since)
+ *                 -- objects the garbage collector found unreferenced,
+ *                    and since when (Unix time in microseconds)
  *
  * Not thread-safe: the volume serialises access.
  */
@@ -94,6 +97,30 @@ int sprite_meta_add_segment(SpriteMeta *m, uint64_t seq,
 /* Total bytes of the segments recorded. */
 int sprite_meta_segment_bytes(SpriteMeta *m, uint64_t *bytes,
                               GError **errp);
+
+/* Call @fn for every segment recorded, by increasing @seq. */
+int sprite_meta_foreach_segment(SpriteMeta *m,
+                                void (*fn)(uint64_t seq, uint32_t header_len,
+                                           uint64_t data_len, void *opaque),
+                                void *opaque, GError **errp);
+
+/* Forget segment @seq (deleted from the store). */
+int sprite_meta_remove_segment(SpriteMeta *m, uint64_t seq, GError **errp);
+
+/* Call @fn once for every segment that a checkpoint's extents point to. */
+int sprite_meta_checkpoint_segments(SpriteMeta *m,
+                                    void (*fn)(uint64_t seq, void *opaque),
+                                    void *opaque, GError **errp);
+
+/*
+ * Note that object @key is garbage as of @now, unless it was already:
+ * *@since is when it was first noted.
+ */
+int sprite_meta_garbage_since(SpriteMeta *m, const char *key, int64_t now,
+                              int64_t *since, GError **errp);
+
+/* Forget every garbage key that is not in the set @keep (of strings). */
+int sprite_meta_garbage_prune(SpriteMeta *m, GHashTable *keep, GError **errp);
 
 /* A consistent copy of the database as bytes (caller unrefs). */
 int sprite_meta_export(SpriteMeta *m, GBytes **out, GError **errp);

@@ -227,6 +227,21 @@ void sprite_segcache_drop_all(SpriteSegCache *c)
     g_mutex_unlock(&c->lock);
 }
 
+void sprite_segcache_drop(SpriteSegCache *c, uint64_t seq)
+{
+    CachedSeg *s;
+
+    g_mutex_lock(&c->lock);
+    s = g_hash_table_lookup(c->segs, &seq);
+    if (s && !s->users) {
+        g_autofree char *path = seg_path(c, seq);
+
+        unlink(path);
+        forget(c, s);
+    }
+    g_mutex_unlock(&c->lock);
+}
+
 uint64_t sprite_segcache_used(SpriteSegCache *c)
 {
     uint64_t used;

@@ -53,6 +53,10 @@ int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,
 /* Forget everything cached (the files too). */
 void sprite_segcache_drop_all(SpriteSegCache *c);
 
+/* Forget segment @seq (deleted from the store), unless a reader uses it
+ * now: then eviction removes it later. */
+void sprite_segcache_drop(SpriteSegCache *c, uint64_t seq);
+
 /* Bytes the cache holds now. */
 uint64_t sprite_segcache_used(SpriteSegCache *c);
 

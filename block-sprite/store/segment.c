@@ -248,6 +248,24 @@ char *sprite_key_holds(const char *volume, uint64_t id)
     return g_strdup_printf("%s/hold/%016" G_GINT64_MODIFIER "x/", volume, id);
 }
 
+char *sprite_key_pin(const char *volume, uint64_t seq, const char *uuid)
+{
+    return g_strdup_printf("%s/pin/%016" G_GINT64_MODIFIER "x/%s", volume, seq,
+                           uuid);
+}
+
+bool sprite_key_parse_pin(const char *key, uint64_t *seq)
+{
+    const char *p = strstr(key, "/pin/");
+    char *end;
+
+    if (!p || strlen(p) < 5 + 16 + 1 || p[5 + 16] != '/') {
+        return false;
+    }
+    *seq = g_ascii_strtoull(p + 5, &end, 16);
+    return end == p + 5 + 16;
+}
+
 bool sprite_key_parse_seq(const char *key, uint64_t *seq)
 {
     const char *slash = strrchr(key, '/');

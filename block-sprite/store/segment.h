@@ -171,6 +171,10 @@ char *sprite_key_snapshot(const char *volume, uint64_t seq);
 char *sprite_key_descriptor(const char *volume);
 /* The prefix of the holds on checkpoint @id ("V/hold/<id>/"). */
 char *sprite_key_holds(const char *volume, uint64_t id);
+/* The pin of volume @uuid, a clone of this volume as of segment @seq
+ * ("V/pin/<seq>/<uuid>"), and the seq out of one; false if not one. */
+char *sprite_key_pin(const char *volume, uint64_t seq, const char *uuid);
+bool sprite_key_parse_pin(const char *key, uint64_t *seq);
 /* Parse the seq out of a ".../seg/<seq>" or ".../meta/<seq>" key; false if
  * it is not one. */
 bool sprite_key_parse_seq(const char *key, uint64_t *seq);

@@ -47,12 +47,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "sprite/volume.h"
-#include "meta/extmap.h"
-#include "meta/meta.h"
-#include "store/segcache.h"
-#include "store/segment.h"
-#include "volume/lease.h"
+#include "volume/volume-int.h"
 
 /* Pending bytes that wake the shipper to upload without a flush... */
 #define PENDING_MAX (32u << 20)
@@ -68,96 +63,12 @@
 #define SHIP_RETRY_US (5 * G_USEC_PER_SEC)
 /* Upload a metadata snapshot after this many segments. */
 #define SNAPSHOT_EVERY 64
+/* How often the shipper collects garbage. */
+#define GC_INTERVAL_US (60 * G_USEC_PER_SEC)
 /* How long a writer's lease lasts without renewal. */
 #define LEASE_MS 30000
 
 G_STATIC_ASSERT(SPRITE_VMSTATE_SIZE == SPRITE_VMSTATE_LIMIT);
-
-/*
- * A segment taken from the pending log, being (or to be) uploaded.  The
- * log's file becomes the sealed log, which readers read, and the other
- * log file takes writes; the flushing thread builds @obj from the sealed
- * log without holding the volume lock.
- */
-typedef struct Sealed {
-    SpriteSegHeader *h;
-    int fd;                     /* the sealed log: the segment's data */
-    uint8_t *obj;               /* the whole object, once built */
-    size_t len;
-    bool mapped;                /* @obj is a mapping of the file */
-    SpriteExtmap *map;          /* its view (see SpriteVolume.pending) */
-    bool opaque;
-    bool disk;                  /* it changes the disk, not only VM state */
-} Sealed;
-
-/* A checkpoint, as kept in memory. */
-typedef struct Ckpt {
-    SpriteCheckpoint pub;       /* owns pub.name; durable and added_bytes
-                                 * are computed when listed */
-    uint64_t seq;               /* the segment that holds its record */
-    uint64_t written;           /* SpriteVolume's bytes written, then */
-    SpriteExtmap *map;          /* its extents; NULL: in the database */
-} Ckpt;
-
-struct SpriteVolume {
-    SpriteUrl *url;
-    char *url_str;
-    SpriteObjstore *os;
-    SpriteVolume *base;
-    char *base_url;
-    uint64_t base_seq;          /* the base's segment we are pinned to */
-    uint64_t pin_seq;           /* opened as a base: stop at this segment */
-    bool read_only;
-    char *dir;                  /* this volume's cache directory */
-    bool private_dir;           /* a temporary directory, removed at close */
-    int lock_fd;
-    SpriteLease *lease;         /* writers only */
-    SpriteLeaseInfo lease_info;
-
-    /*
-     * Serialises flushes, which upload without holding @lock so that I/O
-     * goes on meanwhile.  Lock order: @flush_lock, then @lock.
-     */
-    GMutex flush_lock;
-    uint64_t snap_seq;          /* newest uploaded metadata snapshot */
-
-    GMutex lock;
-    /* Protected by @lock; also read without it, atomically (getlength
-     * must not wait for a flush's upload) */
-    uint64_t size;
-    uint64_t seq;               /* newest durable segment */
-    uint64_t data_bytes;        /* bytes of the durable map that are data */
-    uint64_t store_bytes;       /* bytes of the segments on the store */
-    uint64_t unshipped;         /* data bytes written, not yet durable */
-    /* Protected by @lock */
-    bool segment_due;           /* write a segment even without records:
-                                 * the size changed, or we must claim the
-                                 * next sequence number (a takeover) */
-    bool fenced;                /* another writer wrote our next segment */
-    SpriteMeta *meta;
-    SpriteExtmap *map;          /* durable extents */
-    SpriteExtmap *pending;      /* unflushed writes, by volume offset */
-    bool pending_opaque;        /* @pending is the whole view (a goto) */
-    Sealed *sealed;             /* the segment being uploaded, if any */
-    uint64_t written;           /* data bytes of the durable segments */
-    GArray *records;            /* SpriteRecord of the pending log */
-    unsigned pend_disk;         /* how many of them change the disk */
-    int log_fd[2];              /* the two log files, used in turn */
-    int pend_fd;                /* the one that takes writes */
-    uint64_t pend_len;
-    SpriteSegCache *cache;
-
-    /* Ckpt *, by increasing ID: changed with @lock and @ckpt_lock held,
-     * read with either (listing must not wait for a cache miss) */
-    GMutex ckpt_lock;
-    GPtrArray *ckpts;
-
-    /* The shipper (writers only); its flags are protected by @lock */
-    GThread *shipper;
-    GCond ship_cond;
-    bool ship_wanted;
-    bool ship_stop;
-};
 
 /* The sequence number the pending log will have as a segment. */
 static uint64_t pending_seq(SpriteVolume *v)
@@ -733,8 +644,11 @@ static int roll_list_cb(const char *key, uint64_t size, void *opaque)
     return 0;
 }
 
-/* Apply the segments on the store after v->seq (up to the pin). */
-static int roll_forward(SpriteVolume *v, GError **errp)
+/*
+ * Apply the segments on the store after v->seq (up to the pin).  Sets
+ * *@gap when one is missing.
+ */
+static int roll_forward(SpriteVolume *v, bool *gap, GError **errp)
 {
     g_autofree char *prefix = g_strdup_printf("%s/seg/", v->url->volume);
     g_autofree char *after = sprite_key_segment(v->url->volume, v->seq);
@@ -743,6 +657,7 @@ static int roll_forward(SpriteVolume *v, GError **errp)
     guint i;
     int ret;
 
+    *gap = false;
     ret = sprite_objstore_list(v->os, prefix, v->seq ? after : NULL,
                                roll_list_cb, &c, errp);
     if (ret < 0) {
@@ -756,6 +671,7 @@ static int roll_forward(SpriteVolume *v, GError **errp)
             break;
         }
         if (seq != v->seq + 1) {
+            *gap = true;
             g_set_error(errp, SPRITE_ERROR, EIO,
                         "volume '%s': segment %016" G_GINT64_MODIFIER "x "
                         "follows %016" G_GINT64_MODIFIER "x: segments are "
@@ -851,13 +767,20 @@ static int load_checkpoints(SpriteVolume *v, GError **errp)
     return ret;
 }
 
-static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
+/*
+ * Load the volume's metadata: the local database rolled forward if it is
+ * usable, else the newest metadata snapshot on the store rolled forward.
+ * @local is false to ignore the local database.
+ */
+static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
+                         GError **errp)
 {
     g_autofree char *path = meta_path(v);
     bool usable = false;
+    bool gap;
     int ret;
 
-    if (sprite_meta_open(path, &v->meta, NULL) == 0) {
+    if (local && sprite_meta_open(path, &v->meta, NULL) == 0) {
         ret = local_meta_usable(v, d, &usable, errp);
         if (ret < 0) {
             return ret;
@@ -894,7 +817,18 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, GError **errp)
     v->written = 0;
     sprite_meta_get_u64(v->meta, SPRITE_META_WRITTEN, &v->written, NULL);
     v->data_bytes = disk_data_bytes(v->map);
-    ret = roll_forward(v, errp);
+    ret = roll_forward(v, &gap, errp);
+    if (ret < 0 && gap && usable) {
+        /*
+         * The garbage collector deleted segments after our database that
+         * a newer snapshot made unnecessary: start from that snapshot.
+         */
+        g_clear_error(errp);
+        sprite_extmap_clear(v->map);
+        sprite_meta_close(v->meta);
+        v->meta = NULL;
+        return load_metadata(v, d, false, errp);
+    }
     if (ret == 0) {
         ret = load_checkpoints(v, errp);
     }
@@ -913,24 +847,53 @@ static void kick_shipper(SpriteVolume *v)
     g_cond_signal(&v->ship_cond);
 }
 
-/* Upload whenever woken; after a failure, try again a little later. */
+/*
+ * Collect garbage if anything may have changed since the last pass (a
+ * segment was applied, or garbage was waiting for its grace period).
+ * Failures are harmless: the next pass tries again.
+ */
+static void maybe_collect(SpriteVolume *v, bool compaction)
+{
+    SpriteGcStats st;
+    uint64_t seq = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
+
+    if (seq == v->gc_seq && !v->gc_waiting) {
+        return;
+    }
+    if (sprite_volume_gc(v, compaction, &st, NULL) == 0) {
+        v->gc_seq = seq;
+        v->gc_waiting = st.waiting;
+    }
+}
+
+/*
+ * Upload whenever woken; after a failure, try again a little later.
+ * Collect garbage every GC_INTERVAL_US.
+ */
 static gpointer shipper_main(gpointer opaque)
 {
     SpriteVolume *v = opaque;
     int64_t retry_at = 0;
+    int64_t gc_at = g_get_monotonic_time() + GC_INTERVAL_US;
 
     g_mutex_lock(&v->lock);
     while (!v->ship_stop) {
         int ret;
 
         if (!v->ship_wanted) {
-            if (retry_at) {
-                g_cond_wait_until(&v->ship_cond, &v->lock, retry_at);
-                if (g_get_monotonic_time() >= retry_at) {
-                    v->ship_wanted = true;
-                }
-            } else {
-                g_cond_wait(&v->ship_cond, &v->lock);
+            int64_t now;
+
+            g_cond_wait_until(&v->ship_cond, &v->lock,
+                              retry_at ? MIN(retry_at, gc_at) : gc_at);
+            now = g_get_monotonic_time();
+            if (retry_at && now >= retry_at) {
+                v->ship_wanted = true;
+            }
+            if (now >= gc_at && !v->ship_stop) {
+                g_mutex_unlock(&v->lock);
+                maybe_collect(v, true);
+                g_mutex_lock(&v->lock);
+                gc_at = g_get_monotonic_time() + GC_INTERVAL_US;
             }
             continue;
         }
@@ -971,6 +934,7 @@ static SpriteVolume *volume_new(void)
     v->pending = sprite_extmap_new();
     v->records = g_array_new(FALSE, FALSE, sizeof(SpriteRecord));
     g_mutex_init(&v->ckpt_lock);
+    g_mutex_init(&v->gc_lock);
     g_cond_init(&v->ship_cond);
     v->ckpts = g_ptr_array_new_with_free_func(ckpt_free);
     return v;
@@ -1010,6 +974,7 @@ static void volume_free(SpriteVolume *v)
     g_mutex_clear(&v->lock);
     g_mutex_clear(&v->flush_lock);
     g_mutex_clear(&v->ckpt_lock);
+    g_mutex_clear(&v->gc_lock);
     g_cond_clear(&v->ship_cond);
     g_ptr_array_free(v->ckpts, TRUE);
     g_free(v);
@@ -1051,6 +1016,8 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
 
     v->read_only = o->read_only || pin;
     v->pin_seq = pin;
+    v->gc_grace_ms = o->gc_grace_ms ? o->gc_grace_ms :
+                     SPRITE_DEFAULT_GC_GRACE_MS;
     v->url = sprite_url_parse(o->url, errp);
     if (!v->url) {
         ret = -EINVAL;
@@ -1107,7 +1074,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         /* A previous writer that may still run loses its next flush. */
         v->segment_due = v->lease_info.was_held;
     }
-    ret = load_metadata(v, &d, errp);
+    ret = load_metadata(v, &d, true, errp);
     if (ret == 0 && pin_ckpt) {
         ret = pin_checkpoint(v, pin_ckpt, errp);
     }
@@ -1168,15 +1135,27 @@ static int inherit_checkpoint(const SpriteVolumeOptions *o,
     return ret;
 }
 
-/* Record on the base that volume @uuid (@url) depends on checkpoint @id. */
-static int put_hold(SpriteVolume *base, uint64_t id, const char *uuid,
-                    const char *url, GError **errp)
+/*
+ * Record on the base what volume @uuid (@url) depends on: the base as of
+ * segment @seq (a pin, which its garbage collector honours) and, if @id
+ * is non-zero, checkpoint @id (a hold, which refuses deleting it).
+ */
+static int put_pin_and_hold(SpriteVolume *base, uint64_t seq, uint64_t id,
+                            const char *uuid, const char *url, GError **errp)
 {
-    g_autofree char *prefix = sprite_key_holds(base->url->volume, id);
-    g_autofree char *key = g_strconcat(prefix, uuid, NULL);
+    g_autofree char *pin = sprite_key_pin(base->url->volume, seq, uuid);
+    int ret;
 
-    return sprite_objstore_put(base->os, key, url, strlen(url),
-                               SPRITE_PUT_DEFAULT, NULL, NULL, errp);
+    ret = sprite_objstore_put(base->os, pin, url, strlen(url),
+                              SPRITE_PUT_DEFAULT, NULL, NULL, errp);
+    if (ret == 0 && id) {
+        g_autofree char *prefix = sprite_key_holds(base->url->volume, id);
+        g_autofree char *hold = g_strconcat(prefix, uuid, NULL);
+
+        ret = sprite_objstore_put(base->os, hold, url, strlen(url),
+                                  SPRITE_PUT_DEFAULT, NULL, NULL, errp);
+    }
+    return ret;
 }
 
 int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
@@ -1249,9 +1228,9 @@ int sprite_volume_create(const SpriteVolumeOptions *o, uint64_t size,
             g_set_error(errp, SPRITE_ERROR, EINVAL,
                         "a volume cannot be its own base");
             ret = -EINVAL;
-        } else if (from.id) {
-            /* Before the clone exists: a hold without clone is harmless. */
-            ret = put_hold(base, from.id, uuid, url, errp);
+        } else {
+            /* Before the clone exists: a pin without clone is harmless. */
+            ret = put_pin_and_hold(base, base_seq, from.id, uuid, url, errp);
         }
         sprite_volume_close(base);
         if (ret < 0) {
@@ -1546,6 +1525,66 @@ int sprite_volume_discard(SpriteVolume *v, uint64_t offset, uint64_t len,
     return write_zero_record(v, offset, len, errp);
 }
 
+int sprite_volume_relocate(SpriteVolume *v, const SpriteExtent *e,
+                           const uint8_t *buf, uint64_t *moved,
+                           GError **errp)
+{
+    uint64_t pos = e->start, end = e->start + e->len;
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    /* After a goto, the durable map is not what the volume reads. */
+    if (ret < 0 || v->pending_opaque || (v->sealed && v->sealed->opaque)) {
+        goto out;
+    }
+    while (pos < end) {
+        SpriteExtmap *above[2] = { v->pending,
+                                   v->sealed ? v->sealed->map : NULL };
+        SpriteExtent d, o;
+        uint64_t next, n;
+        bool covered = false;
+        int i;
+
+        if (!sprite_extmap_find(v->map, pos, &d, &n) ||
+            d.kind != SPRITE_EXT_DATA || d.seg != e->seg ||
+            d.data_off != e->data_off + (pos - e->start)) {
+            break;              /* changed since the collector looked */
+        }
+        next = MIN(end, pos + d.len);
+        for (i = 0; i < 2; i++) {
+            if (!above[i]) {
+                continue;
+            }
+            if (sprite_extmap_find(above[i], pos, &o, &n)) {
+                covered = true;
+                next = MIN(next, pos + o.len);
+            } else {
+                next = MIN(next, n);
+            }
+        }
+        if (!covered) {
+            SpriteRecord r = { .offset = pos, .length = next - pos,
+                               .kind = SPRITE_REC_DATA };
+            struct iovec iov = {
+                .iov_base = (uint8_t *)buf + (pos - e->start),
+                .iov_len = r.length,
+            };
+
+            ret = pend_append(v, &iov, 1, r.length, &r.data_off, errp);
+            if (ret < 0) {
+                break;
+            }
+            add_record(v, &r);
+            *moved += r.length;
+        }
+        pos = next;
+    }
+out:
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
 /*
  * Upload a metadata snapshot of the database as it is now.
  * Called with v->flush_lock held and v->lock not held.
@@ -1750,6 +1789,11 @@ static int flush_volume(SpriteVolume *v, GError **errp)
     return ret;
 }
 
+int sprite_volume_flush_all(SpriteVolume *v, GError **errp)
+{
+    return flush_volume(v, errp);
+}
+
 int sprite_volume_flush(SpriteVolume *v, GError **errp)
 {
     bool disk;
@@ -1798,11 +1842,14 @@ void sprite_volume_close(SpriteVolume *v)
         return;
     }
     stop_shipper(v);
-    if (!v->read_only && flush_volume(v, NULL) == 0 &&
-        v->seq > v->snap_seq) {
-        g_mutex_lock(&v->flush_lock);
-        upload_snapshot(v, NULL);
-        g_mutex_unlock(&v->flush_lock);
+    if (!v->read_only && flush_volume(v, NULL) == 0) {
+        if (v->seq > v->snap_seq) {
+            g_mutex_lock(&v->flush_lock);
+            upload_snapshot(v, NULL);
+            g_mutex_unlock(&v->flush_lock);
+        }
+        /* Only what is due: compaction would need another upload. */
+        maybe_collect(v, false);
     }
     volume_free(v);
 }

@@ -553,6 +553,337 @@ static void test_checkpoints(gconstpointer data)
     g_rand_free(r);
 }
 
+/* ------------------------------------------------------------------ */
+/* Garbage collection */
+
+typedef struct Listing {
+    GHashTable *seqs;           /* seq -> size */
+    uint64_t bytes;
+} Listing;
+
+static int listing_cb(const char *key, uint64_t size, void *opaque)
+{
+    Listing *l = opaque;
+    uint64_t seq;
+
+    g_assert_true(sprite_key_parse_seq(key, &seq));
+    g_hash_table_insert(l->seqs, GSIZE_TO_POINTER(seq),
+                        GSIZE_TO_POINTER(size));
+    l->bytes += size;
+    return 0;
+}
+
+/* The segments (@dir "seg") or snapshots ("meta") of @url on the store. */
+static GHashTable *list_objects(const Backend *b, const char *url,
+                                const char *dir, uint64_t *bytes)
+{
+    g_autoptr(GError) err = NULL;
+    SpriteUrl *u;
+    SpriteObjstore *os = open_store(b, url, &u);
+    g_autofree char *prefix = g_strdup_printf("%s/%s/", u->volume, dir);
+    Listing l = { .seqs = g_hash_table_new(NULL, NULL) };
+
+    g_assert_cmpint(sprite_objstore_list(os, prefix, NULL, listing_cb, &l,
+                                         &err), ==, 0);
+    g_assert_no_error(err);
+    sprite_objstore_close(os);
+    sprite_url_free(u);
+    if (bytes) {
+        *bytes = l.bytes;
+    }
+    return l.seqs;
+}
+
+static bool on_store(GHashTable *seqs, uint64_t seq)
+{
+    return g_hash_table_contains(seqs, GSIZE_TO_POINTER(seq));
+}
+
+/* Write @len random bytes at @off of @v and @model. */
+static void put(SpriteVolume *v, GRand *r, uint8_t *model, uint64_t off,
+                uint64_t len)
+{
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { model + off, len };
+
+    fill_random(r, model + off, len);
+    g_assert_cmpint(sprite_volume_writev(v, off, len, &iov, 1, &err), ==, 0);
+    g_assert_no_error(err);
+}
+
+static void flush_ok(SpriteVolume *v)
+{
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(sprite_volume_flush(v, &err), ==, 0);
+    g_assert_no_error(err);
+}
+
+static SpriteGcStats gc_ok(SpriteVolume *v, bool compaction)
+{
+    g_autoptr(GError) err = NULL;
+    SpriteGcStats st;
+
+    g_assert_cmpint(sprite_volume_gc(v, compaction, &st, &err), ==, 0);
+    g_assert_no_error(err);
+    return st;
+}
+
+/* The usage figure matches what the store holds. */
+static void store_bytes_match(const Backend *b, SpriteVolume *v,
+                              const char *url)
+{
+    g_autoptr(GHashTable) segs = NULL;
+    SpriteVolumeInfo info;
+    uint64_t bytes;
+
+    segs = list_objects(b, url, "seg", &bytes);
+    sprite_volume_get_info(v, &info);
+    g_assert_cmpuint(info.store_bytes, ==, bytes);
+    sprite_volume_info_clear(&info);
+}
+
+static uint64_t generation(SpriteVolume *v)
+{
+    SpriteVolumeInfo info;
+    uint64_t gen;
+
+    sprite_volume_get_info(v, &info);
+    gen = info.generation;
+    sprite_volume_info_clear(&info);
+    return gen;
+}
+
+/*
+ * Garbage collection (I9): dead segments go once a snapshot covers them,
+ * live and checkpointed ones stay, a mostly dead segment is compacted
+ * and then goes, a deleted checkpoint's data goes; the data reads the
+ * same throughout and from an empty cache, and store-bytes stays right.
+ */
+static void test_gc(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 4 << 20, K = 1024, M = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *mck = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(7);
+    SpriteCheckpoint ck = { .name = (char *)"ck", .icount = -1 };
+    SpriteCheckpoint ck2 = { .name = (char *)"ck2", .icount = -1 };
+    uint64_t held, dropped;
+    GHashTable *segs;
+    SpriteGcStats st;
+    SpriteVolume *v;
+
+    o.gc_grace_ms = -1;
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    put(v, r, model, 0, size);                  /* 1: 1 MiB stays live */
+    flush_ok(v);
+    put(v, r, model, 0, 3 * M);                 /* 2 */
+    flush_ok(v);
+    put(v, r, model, 0, 256 * K);               /* 3: dead after 4 */
+    flush_ok(v);
+    put(v, r, model, 0, 256 * K);               /* 4 */
+    flush_ok(v);
+    g_assert_cmpuint(generation(v), ==, 4);
+
+    /* No snapshot covers them yet: a restore would replay them all. */
+    st = gc_ok(v, false);
+    g_assert_cmpuint(st.segments + st.snapshots, ==, 0);
+
+    /* Closing uploads a snapshot, then collects what is dead. */
+    sprite_volume_close(v);
+    segs = list_objects(b, url, "seg", NULL);
+    g_assert_false(on_store(segs, 3));
+    g_assert_true(on_store(segs, 1) && on_store(segs, 2) &&
+                  on_store(segs, 4));
+    g_hash_table_unref(segs);
+
+    /* Segment 1 is 3/4 dead: compacted into 5, then collected. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    store_bytes_match(b, v, url);
+    st = gc_ok(v, true);
+    g_assert_cmpuint(st.compacted, ==, 1);
+    g_assert_cmpuint(st.compacted_bytes, ==, 1 * M);
+    g_assert_cmpuint(generation(v), ==, 5);
+    read_all_equal(v, model, size);
+    st = gc_ok(v, true);
+    g_assert_cmpuint(st.segments, ==, 1);
+    g_assert_cmpuint(st.compacted, ==, 0);
+    segs = list_objects(b, url, "seg", NULL);
+    g_assert_false(on_store(segs, 1));
+    g_assert_true(on_store(segs, 2) && on_store(segs, 5));
+    g_hash_table_unref(segs);
+    store_bytes_match(b, v, url);
+    read_all_equal(v, model, size);
+
+    /* Data only a checkpoint reads stays. */
+    put(v, r, model, 512 * K, 256 * K);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &ck, &err), ==, 0);
+    mck = g_memdup2(model, size);
+    flush_ok(v);
+    held = generation(v);
+    put(v, r, model, 512 * K, 256 * K);
+    flush_ok(v);
+    sprite_volume_close(v);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    segs = list_objects(b, url, "seg", NULL);
+    g_assert_true(on_store(segs, held));
+    g_hash_table_unref(segs);
+    read_all_equal(v, model, size);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "ck", &err), ==, 0);
+    read_all_equal(v, mck, size);
+    memcpy(model, mck, size);
+
+    /* A deleted checkpoint's data goes with it. */
+    put(v, r, model, 2 * M, 64 * K);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &ck2, &err), ==, 0);
+    flush_ok(v);
+    dropped = generation(v);
+    put(v, r, model, 2 * M, 64 * K);
+    flush_ok(v);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "ck2", &err),
+                    ==, 0);
+    sprite_volume_close(v);
+    segs = list_objects(b, url, "seg", NULL);
+    g_assert_false(on_store(segs, dropped));
+    g_assert_true(on_store(segs, held));
+    g_hash_table_unref(segs);
+    /* One snapshot is enough. */
+    segs = list_objects(b, url, "meta", NULL);
+    g_assert_cmpuint(g_hash_table_size(segs), ==, 1);
+    g_hash_table_unref(segs);
+    /* The snapshot predates the deletes: a pass corrects the figures. */
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    read_all_equal(v, model, size);
+    st = gc_ok(v, false);
+    g_assert_cmpuint(st.segments, ==, 0);
+    store_bytes_match(b, v, url);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
+/* Read all of @v and expect it to fail because an object is gone. */
+static void read_fails(SpriteVolume *v, uint64_t size)
+{
+    g_autofree uint8_t *buf = g_malloc(size);
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { buf, size };
+
+    g_assert_cmpint(sprite_volume_readv(v, 0, size, &iov, 1, &err), <, 0);
+    g_assert_nonnull(err);
+}
+
+/*
+ * What the collector must not take: data a reader that opened earlier
+ * still reads (within the grace period), data a clone is pinned to, and
+ * the segments a host's stale database would roll forward through.
+ */
+static void test_gc_readers(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    g_autofree char *rurl = NULL, *rcache = NULL;
+    g_autofree char *curl = NULL, *ccache = NULL;
+    g_autofree char *hcache = g_strdup_printf("%s/cache-host-%u", tmpdir,
+                                              counter++);
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    SpriteVolumeOptions ro = opts(b, &rurl, &rcache);
+    SpriteVolumeOptions co = opts(b, &curl, &ccache);
+    SpriteVolumeOptions ho = o;
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *old = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(8);
+    SpriteVolume *v, *reader, *clone;
+    GHashTable *segs;
+    SpriteGcStats st;
+    uint64_t pin;
+    int i;
+
+    /* A reader opens; the writer replaces everything and collects. */
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    put(v, r, model, 0, size);
+    sprite_volume_close(v);
+    old = g_memdup2(model, size);
+    ro.url = url;
+    ro.read_only = true;
+    g_assert_cmpint(sprite_volume_open(&ro, &reader, &err), ==, 0);
+
+    /* With the default grace period, what the reader needs stays. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    put(v, r, model, 0, size);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    st = gc_ok(v, true);
+    g_assert_cmpuint(st.segments, ==, 0);
+    g_assert_cmpuint(st.waiting, >=, 1);
+    read_all_equal(reader, old, size);
+    sprite_volume_close(reader);
+
+    /* Without one, a reader that opened before loses its data: an error,
+     * never other bytes. */
+    g_assert_cmpint(sprite_volume_open(&ro, &reader, &err), ==, 0);
+    put(v, r, model, 0, size);
+    flush_ok(v);
+    sprite_volume_close(v);
+    o.gc_grace_ms = -1;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    sprite_volume_close(v);     /* snapshot, then collection */
+    read_fails(reader, size);
+    sprite_volume_close(reader);
+
+    /* A clone pins the segments it reads as of its creation. */
+    g_assert_cmpint(sprite_volume_create(&co, 0, url, NULL, &err), ==, 0);
+    g_free(old);
+    old = g_memdup2(model, size);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    pin = generation(v);
+    for (i = 0; i < 3; i++) {
+        put(v, r, model, 0, size);
+        flush_ok(v);
+    }
+    sprite_volume_close(v);
+    segs = list_objects(b, url, "seg", NULL);
+    g_assert_true(on_store(segs, pin));         /* dead, but pinned */
+    g_assert_false(on_store(segs, pin + 1));
+    g_hash_table_unref(segs);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    read_all_equal(clone, old, size);
+    sprite_volume_close(clone);
+    rm_rf(ccache);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    read_all_equal(clone, old, size);
+    sprite_volume_close(clone);
+
+    /*
+     * A host whose database is older than the newest snapshot, when the
+     * segments after it were collected: it starts from the snapshot.
+     */
+    ho.cache_dir = hcache;
+    g_assert_cmpint(sprite_volume_open(&ho, &v, &err), ==, 0);
+    put(v, r, model, 0, 4096);                  /* stays live */
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    for (i = 0; i < 3; i++) {
+        put(v, r, model, 8192, 4096);           /* all but one die */
+        flush_ok(v);
+    }
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&ho, &v, &err), ==, 0);
+    g_assert_no_error(err);
+    read_all_equal(v, model, size);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 static void test_errors(gconstpointer data)
 {
     const Backend *b = data;
@@ -884,11 +1215,13 @@ int main(int argc, char **argv)
 {
     const char *tests[] = { "differential", "flush-durable", "clone",
                             "errors", "corrupt", "newer-format",
-                            "lease-expiry", "concurrent", "checkpoints" };
+                            "lease-expiry", "concurrent", "checkpoints",
+                            "gc", "gc-readers" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
-                            test_concurrent, test_checkpoints };
+                            test_concurrent, test_checkpoints, test_gc,
+                            test_gc_readers };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

@@ -47,10 +47,15 @@ typedef struct SpriteVolumeOptions {
                                      * SpriteObjstoreConfig.retry_ms */
     bool takeover;                  /* take the lease even if held */
     unsigned lease_ms;              /* 0: 30 s (see volume/lease.h) */
+    int64_t gc_grace_ms;            /* how long garbage stays before it is
+                                     * deleted (see sprite_volume_gc());
+                                     * 0: SPRITE_DEFAULT_GC_GRACE_MS;
+                                     * negative: none (tests) */
     bool read_only;
 } SpriteVolumeOptions;
 
 #define SPRITE_DEFAULT_CACHE_SIZE (1ULL << 30)
+#define SPRITE_DEFAULT_GC_GRACE_MS (3600 * 1000)
 
 /*
  * Create volume @o->url of @size bytes (a multiple of SPRITE_SECTOR_SIZE).
@@ -188,6 +193,28 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
 void sprite_volume_checkpoint_list(SpriteVolume *v, SpriteCheckpoint **out,
                                    size_t *n);
 void sprite_checkpoints_free(SpriteCheckpoint *cks, size_t n);
+
+/*
+ * Garbage collection.  A writer deletes the objects of its volume that
+ * nothing can read any more (overwritten data, deleted checkpoints, old
+ * metadata snapshots) once they have been garbage for the grace period,
+ * and with @compaction rewrites the live data of segments that are mostly
+ * garbage so that they become garbage too.  The writer's shipper does
+ * this by itself every few minutes and at close; calling it is for
+ * tools and tests.  -EROFS for a reader.  Rules: gc.c and
+ * docs/durability.md (I9).
+ */
+typedef struct SpriteGcStats {
+    uint64_t segments;          /* segment objects deleted */
+    uint64_t bytes;             /* their bytes */
+    uint64_t snapshots;         /* metadata snapshots deleted */
+    uint64_t waiting;           /* garbage objects still in their grace */
+    uint64_t compacted;         /* segments whose live data was rewritten */
+    uint64_t compacted_bytes;   /* bytes rewritten */
+} SpriteGcStats;
+
+int sprite_volume_gc(SpriteVolume *v, bool compaction, SpriteGcStats *stats,
+                     GError **errp);
 
 typedef struct SpriteVolumeInfo {
     char *url;              /* canonical URL */
