@@ -25,7 +25,7 @@ typedef struct Backend {
 
 static Backend backends[3];
 static char *tmpdir;
-static unsigned counter;
+static int counter;
 
 static void setup_backends(void)
 {
@@ -677,7 +677,7 @@ static void test_gc(gconstpointer data)
     SpriteGcStats st;
     SpriteVolume *v;
 
-    o.gc_grace_ms = -1;
+    o.gc_grace_ms = 3000;
     g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     put(v, r, model, 0, size);                  /* 1: 1 MiB stays live */
@@ -834,7 +834,7 @@ static void test_gc_readers(gconstpointer data)
     put(v, r, model, 0, size);
     flush_ok(v);
     sprite_volume_close(v);
-    o.gc_grace_ms = -1;
+    o.gc_grace_ms = 3000;
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     sprite_volume_close(v);     /* snapshot, then collection */
     read_fails(reader, size);
@@ -881,6 +881,135 @@ static void test_gc_readers(gconstpointer data)
     g_assert_no_error(err);
     read_all_equal(v, model, size);
     sprite_volume_close(v);
+    g_rand_free(r);
+}
+
+/* Blocks that say what they are: index, version, then a fill byte. */
+#define RACE_BLOCK 4096
+#define RACE_BLOCKS 256
+
+static void race_block(uint8_t *p, uint64_t index, uint64_t version)
+{
+    memcpy(p, &index, 8);
+    memcpy(p + 8, &version, 8);
+    memset(p + 16, (int)(index * 31 + version), RACE_BLOCK - 16);
+}
+
+typedef struct Race {
+    SpriteVolumeOptions ro;
+    int stop;
+    int restores;
+    int bad;
+} Race;
+
+/* Restore on a "new host" (an empty cache) and read it all, again and
+ * again: every read must succeed with blocks that are whole. */
+static gpointer race_reader(gpointer opaque)
+{
+    Race *c = opaque;
+    g_autofree uint8_t *buf = g_malloc(RACE_BLOCK * RACE_BLOCKS);
+    g_autofree uint8_t *want = g_malloc(RACE_BLOCK);
+    struct iovec iov = { buf, RACE_BLOCK * RACE_BLOCKS };
+
+    while (!g_atomic_int_get(&c->stop)) {
+        g_autofree char *cache = g_strdup_printf("%s/cache-race-%d", tmpdir,
+                                                 g_atomic_int_add(&counter,
+                                                                  1));
+        SpriteVolumeOptions ro = c->ro;
+        g_autoptr(GError) err = NULL;
+        SpriteVolume *v = NULL;
+        uint64_t i, index, version;
+
+        ro.cache_dir = cache;
+        if (sprite_volume_open(&ro, &v, &err) < 0 ||
+            sprite_volume_readv(v, 0, iov.iov_len, &iov, 1, &err) < 0) {
+            g_printerr("restore failed: %s\n", err->message);
+            g_atomic_int_inc(&c->bad);
+        } else {
+            for (i = 0; i < RACE_BLOCKS; i++) {
+                uint8_t *p = buf + i * RACE_BLOCK;
+
+                memcpy(&index, p, 8);
+                memcpy(&version, p + 8, 8);
+                race_block(want, i, version);
+                if (index != i || memcmp(p, want, RACE_BLOCK)) {
+                    g_atomic_int_inc(&c->bad);
+                    break;
+                }
+            }
+            g_atomic_int_inc(&c->restores);
+        }
+        if (v) {
+            sprite_volume_close(v);
+        }
+        rm_rf(cache);
+    }
+    return NULL;
+}
+
+/*
+ * Garbage collection racing restores: a writer overwrites, closes
+ * (snapshot and collection), reopens and compacts, with a short grace
+ * period, while another thread restores from the store and reads it all
+ * over and over.  No restore may fail or see a torn block.
+ */
+static void test_gc_race(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = RACE_BLOCK * RACE_BLOCKS;
+    g_autofree char *url = NULL, *cache = NULL;
+    g_autofree char *rurl = NULL, *rcache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *block = g_malloc(RACE_BLOCK);
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(9);
+    Race c = { .ro = opts(b, &rurl, &rcache) };
+    SpriteVolume *v;
+    GThread *t;
+    uint64_t version = 0, i;
+    int round, n;
+
+    /* Long enough for a restore here, short enough to collect a lot. */
+    o.gc_grace_ms = 3000;
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    for (i = 0; i < RACE_BLOCKS; i++) {
+        struct iovec iov = { block, RACE_BLOCK };
+
+        race_block(block, i, version);
+        g_assert_cmpint(sprite_volume_writev(v, i * RACE_BLOCK, RACE_BLOCK,
+                                             &iov, 1, &err), ==, 0);
+    }
+    sprite_volume_close(v);
+
+    c.ro.url = url;
+    c.ro.read_only = true;
+    t = g_thread_new("race-reader", race_reader, &c);
+    for (round = 0; round < 12; round++) {
+        g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+        g_assert_no_error(err);
+        gc_ok(v, true);
+        for (n = 0; n < 4; n++) {
+            version++;
+            for (i = 0; i < RACE_BLOCKS / 2; i++) {
+                uint64_t at = g_rand_int_range(r, 0, RACE_BLOCKS);
+                struct iovec iov = { block, RACE_BLOCK };
+
+                race_block(block, at, version);
+                g_assert_cmpint(sprite_volume_writev(v, at * RACE_BLOCK,
+                                                     RACE_BLOCK, &iov, 1,
+                                                     &err), ==, 0);
+            }
+            flush_ok(v);
+        }
+        sprite_volume_close(v);
+        g_usleep(500 * 1000);
+    }
+    g_atomic_int_set(&c.stop, 1);
+    g_thread_join(t);
+    g_assert_cmpint(c.bad, ==, 0);
+    g_assert_cmpint(c.restores, >=, 3);
+    g_test_message("%d restores raced the collector", c.restores);
     g_rand_free(r);
 }
 
@@ -1216,12 +1345,12 @@ int main(int argc, char **argv)
     const char *tests[] = { "differential", "flush-durable", "clone",
                             "errors", "corrupt", "newer-format",
                             "lease-expiry", "concurrent", "checkpoints",
-                            "gc", "gc-readers" };
+                            "gc", "gc-readers", "gc-race" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
                             test_concurrent, test_checkpoints, test_gc,
-                            test_gc_readers };
+                            test_gc_readers, test_gc_race };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);
