@@ -3,7 +3,10 @@
 every I/O still returns the right bytes or a clean error, and flushed
 writes survive.  Run through tests/servers/with-servers."""
 
+import hashlib
 import os
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -17,12 +20,74 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "lib"))
 import s3servers  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
+from guest import Guest, GuestError  # noqa: E402
 
 QEMU_IMG = str(REPO / "build" / "qemu" / "qemu-img")
 QEMU_IO = str(REPO / "build" / "qemu" / "qemu-io")
 # Requests for a segment object (not listings of them).
 SEGMENT = r"^/[^?]*/seg/[0-9a-f]{16}$"
 SNAPSHOT = r"^/[^?]*/meta/[0-9a-f]{16}$"
+SIZE = 8 << 20   # of each test's volume
+
+
+class Writer:
+    """One qemu-io process that reads its commands from a pipe: the test
+    sends them one at a time and gets each one's output (stdout and
+    stderr, which has the driver's error messages) once it is done, so
+    that faults can change between two commands of the same writer
+    without any timing.  Closing stdin closes the volume."""
+
+    PROMPT = b"qemu-io> "
+
+    def __init__(self, args, env):
+        self.p = subprocess.Popen(args, env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        self.buf = b""
+        self.opened = self._until_prompt()
+
+    def _until_prompt(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
+        while self.PROMPT not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"qemu-io: no prompt after {timeout} s; "
+                                     f"output: {self.buf.decode()}")
+            data = os.read(fd, 65536)
+            if not data:
+                raise AssertionError(f"qemu-io exited ({self.p.wait()}): "
+                                     f"{self.buf.decode()}")
+            self.buf += data
+        out, self.buf = self.buf.split(self.PROMPT, 1)
+        return out.decode()
+
+    def cmd(self, command):
+        """Run one qemu-io command; returns its output."""
+        self.p.stdin.write(command.encode() + b"\n")
+        self.p.stdin.flush()
+        return self._until_prompt()
+
+    def close(self):
+        """Close the volume (EOF on stdin); returns (status, output)."""
+        self.p.stdin.close()
+        out = self.buf + self.p.stdout.read()
+        return self.p.wait(120), out.decode()
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.p.stdin.close()
+        self.p.stdout.close()
+
+
+def image(writes):
+    """The volume's bytes after (offset, length, pattern) writes."""
+    img = bytearray(SIZE)
+    for off, length, pat in writes:
+        img[off:off + length] = bytes([pat]) * length
+    return bytes(img)
 
 
 class FaultsTest(unittest.TestCase):
@@ -45,7 +110,7 @@ class FaultsTest(unittest.TestCase):
         self.url = (f"sprite+http://{self.proxy.endpoint}/{self.rgw.bucket}/"
                     f"{self.id().split('.')[-1]}-{os.getpid()}")
         self.proxy.clear()
-        subprocess.run([QEMU_IMG, "create", "-f", "raw", self.url, "8M"],
+        subprocess.run([QEMU_IMG, "create", "-f", "raw", self.url, str(SIZE)],
                        check=True, env=self.env, capture_output=True)
 
     def tearDown(self):
@@ -67,6 +132,48 @@ class FaultsTest(unittest.TestCase):
 
     def drop_cache(self):
         shutil.rmtree(self.tmp / "cache", ignore_errors=True)
+
+    def restore(self):
+        """The volume as a host with an empty cache reads it from the
+        store, read-only: also while a writer has it open."""
+        cache, raw = self.tmp / "restore-cache", self.tmp / "restored.raw"
+        r = subprocess.run([QEMU_IMG, "convert", "-O", "raw", "--image-opts",
+                            f"driver=sprite,url={self.url},cache-dir={cache}",
+                            str(raw)], env=self.env, capture_output=True,
+                           text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        shutil.rmtree(cache, ignore_errors=True)
+        data = raw.read_bytes()
+        raw.unlink()
+        return data
+
+    def assertImage(self, got, want, what):
+        if got != want:
+            at = next(i for i in range(len(want)) if got[i] != want[i])
+            self.fail(f"{what}: byte {at} (block {at // 4096}) reads "
+                      f"{got[at]:#x}, not {want[at]:#x}")
+
+    def snapshots(self):
+        volume = self.url.rsplit("/", 1)[1]
+        return [o["key"] for o in self.rgw.client().list_objects(
+            self.rgw.bucket, f"{volume}/meta/")]
+
+    def test_writethrough_write_is_durable_when_acknowledged(self):
+        """With the write cache off (qemu-io's default), a write is
+        acknowledged only once it is on the store: also the first one
+        after a flush, which the block layer's FUA emulation skipped."""
+        w = Writer([QEMU_IO, "-t", "writethrough", "--image-opts",
+                    f"driver=sprite,url={self.url}"], self.env)
+        try:
+            self.assertIn("wrote", w.cmd("write -P 0x51 0 4k"))
+            w.cmd("flush")
+            self.assertIn("wrote", w.cmd("write -P 0x52 4k 4k"))
+            # Before QEMU closes the volume, which would flush anyway.
+            self.assertImage(self.restore(),
+                             image([(0, 4096, 0x51), (4096, 4096, 0x52)]),
+                             "acknowledged writes")
+        finally:
+            w.kill()
 
     def test_5xx_and_throttling_are_retried(self):
         self.proxy.add_rule("status", method="PUT", key_re=SEGMENT, count=3,
@@ -159,6 +266,118 @@ class FaultsTest(unittest.TestCase):
         self.io("write -P 0x49 1M 4k", "flush")
         self.drop_cache()
         self.io(*reads, "read -P 0x49 1M 4k")
+
+    def test_outage_beyond_the_budget_stalls_the_guest(self):
+        """A guest syncs while the store is down for longer than
+        retry-timeout: with werror=stop the VM pauses (io-error) instead
+        of the guest seeing an error; after the store is back, `cont`
+        retries the flush, the guest's sync returns, and its data is on
+        the store before QEMU closes the volume."""
+        disk = ["-blockdev", f"driver=sprite,node-name=d0,url={self.url},"
+                "retry-timeout=2",
+                "-device", "virtio-blk-pci,drive=d0,werror=stop,rerror=stop"]
+        with Guest(disk, env=self.env) as g:
+            g.check("dd if=/dev/urandom of=/tmp/d bs=64k count=16 "
+                    "2>/dev/null")
+            want = g.check("md5sum < /tmp/d").split()[0]
+            rule = self.proxy.add_rule("down")
+            pos = g.console_position()
+            t = time.monotonic()
+            g.start_script("dd if=/tmp/d of=/dev/vda bs=64k seek=5 "
+                           "oflag=direct conv=notrunc,fsync 2>&1 "
+                           "&& echo SYNC-DONE || echo SYNC-FAILED")
+            try:
+                err = g.qmp.wait_event("BLOCK_IO_ERROR", timeout=30)
+                g.qmp.wait_event("STOP", timeout=10)
+            except GuestError as e:
+                self.fail(f"the VM did not stop on the failed flush: {e}\n"
+                          f"console: {g.console()[pos:]}")
+            stalled = time.monotonic() - t
+            # The flush was retried for the whole budget before it failed.
+            self.assertGreaterEqual(stalled, 2.0)
+            self.assertEqual(err["data"]["action"], "stop")
+            self.assertEqual(err["data"]["node-name"], "d0")
+            status = g.qmp.execute("query-status")
+            self.assertEqual((status["status"], status["running"]),
+                             ("io-error", False))
+            self.assertNotIn("SYNC-", g.console()[pos:])
+            self.assertGreater(self.proxy.stats()["faults"]["down"], 1)
+            self.proxy.remove_rule(rule)
+            g.qmp.execute("cont")
+            m = g.wait_console(rb"SYNC-(DONE|FAILED)", pos, 60)
+            self.assertEqual(m.group(1), b"DONE", g.console()[pos:])
+            self.assertEqual(g.qmp.execute("query-status")["status"],
+                             "running")
+            self.assertEqual([e["event"] for e in g.qmp.clear_events()
+                              if e["event"] == "BLOCK_IO_ERROR"], [])
+            # On the store now, while QEMU still has the volume open (its
+            # close would flush anyway): the guest's sync uploaded it.
+            got = self.restore()[5 * 65536:21 * 65536]
+            self.assertEqual(hashlib.md5(got).hexdigest(), want)
+        print(f"stalled {stalled:.1f} s", flush=True)
+
+    def test_restore_while_shipping_is_down(self):
+        """The store refuses segments while a writer goes on writing and
+        flushing: every flush fails, and a restore meanwhile reads the
+        state of the last flush that succeeded, none of the writes since.
+        Once segments are accepted again, the same writer's next flush
+        uploads everything, the writes whose flushes failed included; that
+        flush reaches 64 segments, so it uploads a metadata snapshot too,
+        and a restore from that snapshot reads everything."""
+        # Writeback, as a guest's disk: writes are acknowledged from the
+        # cache and only the flush commands upload.
+        w = Writer([QEMU_IO, "-t", "writeback", "--image-opts",
+                    f"driver=sprite,url={self.url},retry-timeout=1"],
+                   self.env)
+        try:
+            # Segments 1 to 62, flushed one by one.
+            writes = [(i * 4096, 4096, i + 1) for i in range(62)]
+            for off, length, pat in writes:
+                out = w.cmd(f"write -P {pat} {off} {length}") + w.cmd("flush")
+                self.assertNotIn("failed", out)
+                self.assertNotIn("sprite:", out)
+            flushed = image(writes)
+            self.assertEqual(self.snapshots(), [])
+            rule = self.proxy.add_rule("status", method="PUT",
+                                       key_re=SEGMENT, status=503)
+            # A new block, an overwrite of block 0, another new block:
+            # acknowledged, readable by the writer, never durable.
+            unflushed = [(62 * 4096, 4096, 0x63), (0, 4096, 0xAA),
+                         (1 << 20, 65536, 0x64)]
+            for off, length, pat in unflushed:
+                out = w.cmd(f"write -P {pat} {off} {length}")
+                self.assertIn("wrote", out)
+                self.assertNotIn("failed", out)
+                out = w.cmd("flush")
+                self.assertIn("cannot upload segment", out)
+                self.assertIn("503", out)
+            self.assertNotIn("failed", w.cmd("read -P 0xaa 0 4k"))
+            writes += unflushed
+            self.assertGreaterEqual(self.proxy.stats()["faults"]["status"], 3)
+            self.assertImage(self.restore(), flushed,
+                             "restored while shipping is down")
+            self.proxy.remove_rule(rule)
+            out = w.cmd("flush")
+            self.assertNotIn("sprite:", out)
+            # That flush put segments 63 and 64, then snapshot 64.
+            volume = self.url.rsplit("/", 1)[1]
+            self.assertEqual(self.snapshots(), [f"{volume}/meta/{64:016x}"])
+            self.proxy.reset_stats()
+            self.assertImage(self.restore(), image(writes),
+                             "restored after shipping resumed")
+            used = [e["target"] for e in self.proxy.log()
+                    if e["method"] == "GET" and re.search(SNAPSHOT,
+                                                          e["target"])]
+            self.assertEqual(used, [f"/{self.rgw.bucket}/{volume}/meta/"
+                                    f"{64:016x}"])
+            status, out = w.close()
+            self.assertEqual(status, 1, out)   # for the flushes that failed
+            self.assertNotIn("sprite:", out)
+        finally:
+            w.kill()
+        self.assertImage(self.restore(), image(writes),
+                         "restored after the writer closed")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -41,6 +41,7 @@
 #define SPRITE_OPT_CAFILE "cafile"
 #define SPRITE_OPT_RETRY_TIMEOUT "retry-timeout"
 #define SPRITE_OPT_TAKEOVER "takeover"
+#define SPRITE_OPT_GC_GRACE "gc-grace"
 #define SPRITE_OPT_BASE "base"
 #define SPRITE_OPT_BASE_CHECKPOINT "base-checkpoint"
 
@@ -105,6 +106,12 @@ static QemuOptsList runtime_opts = {
             .help = "Take the volume over from a writer that holds its "
                     "lease (default: off)",
         },
+        {
+            .name = SPRITE_OPT_GC_GRACE,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Seconds unreferenced objects stay before they are "
+                    "deleted (default: 3600)",
+        },
         { /* end of list */ }
     },
 };
@@ -142,7 +149,7 @@ static int sprite_volume_options(QemuOpts *opts, SpriteVolumeOptions *o,
                                  char **secret, Error **errp)
 {
     const char *key_secret = qemu_opt_get(opts, SPRITE_OPT_KEY_SECRET);
-    uint64_t retry;
+    uint64_t retry, grace;
 
     memset(o, 0, sizeof(*o));
     *secret = NULL;
@@ -166,6 +173,14 @@ static int sprite_volume_options(QemuOpts *opts, SpriteVolumeOptions *o,
     }
     /* 0 means no retries at all; the library's 0 means its default. */
     o->retry_ms = retry ? retry * 1000 : UINT_MAX;
+    grace = qemu_opt_get_number(opts, SPRITE_OPT_GC_GRACE,
+                                SPRITE_DEFAULT_GC_GRACE_MS / 1000);
+    if (grace > UINT32_MAX) {
+        error_setg(errp, "sprite: '" SPRITE_OPT_GC_GRACE "' is too large");
+        return -EINVAL;
+    }
+    /* Likewise: 0 means none. */
+    o->gc_grace_ms = grace ? (int64_t)grace * 1000 : -1;
     o->access_key_id = qemu_opt_get(opts, SPRITE_OPT_ACCESS_KEY_ID);
 
     if (!o->access_key_id && !key_secret) {
@@ -239,7 +254,13 @@ static int sprite_open(BlockDriverState *bs, QDict *options, int flags,
         sprite_volume_info_clear(&info);
     }
 
-    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
+    /*
+     * FUA (writethrough) is ours to do: the block layer's emulation, a
+     * flush after the write, skips the flush when no write completed
+     * since the last one, which a write still in flight has not.
+     */
+    bs->supported_write_flags = BDRV_REQ_FUA;
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA;
     ret = 0;
 out:
     qemu_opts_del(opts);
@@ -293,15 +314,14 @@ typedef struct SpriteRequest {
     uint64_t offset;
     uint64_t bytes;
     QEMUIOVector *qiov;
+    bool fua;               /* writes: flush before completing */
     uint64_t pnum;          /* block status */
     unsigned status;
     GError *err;
 } SpriteRequest;
 
-static int sprite_worker(void *opaque)
+static int sprite_worker_op(SpriteRequest *r)
 {
-    SpriteRequest *r = opaque;
-
     switch (r->op) {
     case SPRITE_OP_READ:
         return sprite_volume_readv(r->vol, r->offset, r->bytes,
@@ -333,6 +353,17 @@ static int sprite_worker(void *opaque)
     g_assert_not_reached();
 }
 
+static int sprite_worker(void *opaque)
+{
+    SpriteRequest *r = opaque;
+    int ret = sprite_worker_op(r);
+
+    if (ret == 0 && r->fua) {
+        ret = sprite_volume_flush(r->vol, &r->err);
+    }
+    return ret;
+}
+
 static int coroutine_fn sprite_co_submit(BlockDriverState *bs,
                                          SpriteRequest *r)
 {
@@ -348,10 +379,12 @@ static int coroutine_fn sprite_co_submit(BlockDriverState *bs,
 
 static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
                                      int64_t offset, int64_t bytes,
-                                     QEMUIOVector *qiov)
+                                     QEMUIOVector *qiov,
+                                     BdrvRequestFlags flags)
 {
     SpriteRequest r = {
         .op = op, .offset = offset, .bytes = bytes, .qiov = qiov,
+        .fua = flags & BDRV_REQ_FUA,
     };
     int ret = sprite_co_submit(bs, &r);
 
@@ -362,32 +395,33 @@ static int coroutine_fn GRAPH_RDLOCK
 sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                  QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
-    return sprite_co_io(bs, SPRITE_OP_READ, offset, bytes, qiov);
+    return sprite_co_io(bs, SPRITE_OP_READ, offset, bytes, qiov, 0);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                   QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
-    return sprite_co_io(bs, SPRITE_OP_WRITE, offset, bytes, qiov);
+    return sprite_co_io(bs, SPRITE_OP_WRITE, offset, bytes, qiov, flags);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                         BdrvRequestFlags flags)
 {
-    return sprite_co_io(bs, SPRITE_OP_WRITE_ZEROES, offset, bytes, NULL);
+    return sprite_co_io(bs, SPRITE_OP_WRITE_ZEROES, offset, bytes, NULL,
+                        flags);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
 {
-    return sprite_co_io(bs, SPRITE_OP_DISCARD, offset, bytes, NULL);
+    return sprite_co_io(bs, SPRITE_OP_DISCARD, offset, bytes, NULL, 0);
 }
 
 static int coroutine_fn GRAPH_RDLOCK sprite_co_flush(BlockDriverState *bs)
 {
-    return sprite_co_io(bs, SPRITE_OP_FLUSH, 0, 0, NULL);
+    return sprite_co_io(bs, SPRITE_OP_FLUSH, 0, 0, NULL, 0);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
@@ -530,13 +564,15 @@ sprite_co_get_allocated_file_size(BlockDriverState *bs)
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_save_vmstate(BlockDriverState *bs, QEMUIOVector *qiov, int64_t pos)
 {
-    return sprite_co_io(bs, SPRITE_OP_SAVE_VMSTATE, pos, qiov->size, qiov);
+    return sprite_co_io(bs, SPRITE_OP_SAVE_VMSTATE, pos, qiov->size, qiov,
+                        0);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_load_vmstate(BlockDriverState *bs, QEMUIOVector *qiov, int64_t pos)
 {
-    return sprite_co_io(bs, SPRITE_OP_LOAD_VMSTATE, pos, qiov->size, qiov);
+    return sprite_co_io(bs, SPRITE_OP_LOAD_VMSTATE, pos, qiov->size, qiov,
+                        0);
 }
 
 /*
