@@ -850,20 +850,22 @@ static void kick_shipper(SpriteVolume *v)
 /*
  * Collect garbage if anything may have changed since the last pass (a
  * segment was applied, or garbage was waiting for its grace period).
- * Failures are harmless: the next pass tries again.
+ * Failures are harmless: the next pass tries again.  Returns how many
+ * segments it deleted.
  */
-static void maybe_collect(SpriteVolume *v, bool compaction)
+static uint64_t maybe_collect(SpriteVolume *v, bool compaction)
 {
-    SpriteGcStats st;
+    SpriteGcStats st = { 0 };
     uint64_t seq = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
 
     if (seq == v->gc_seq && !v->gc_waiting) {
-        return;
+        return 0;
     }
     if (sprite_volume_gc(v, compaction, &st, NULL) == 0) {
         v->gc_seq = seq;
         v->gc_waiting = st.waiting;
     }
+    return st.segments;
 }
 
 /*
@@ -1848,8 +1850,22 @@ void sprite_volume_close(SpriteVolume *v)
             upload_snapshot(v, NULL);
             g_mutex_unlock(&v->flush_lock);
         }
-        /* Only what is due: compaction would need another upload. */
-        maybe_collect(v, false);
+        /*
+         * Only what is due: compaction would need another upload.  The
+         * snapshot predates the deletes, so that a restore from it would
+         * count the deleted segments in store-bytes: put them in a new
+         * one, after an empty segment that gives it a sequence number.
+         */
+        if (maybe_collect(v, false)) {
+            g_mutex_lock(&v->lock);
+            v->segment_due = true;
+            g_mutex_unlock(&v->lock);
+            if (flush_volume(v, NULL) == 0) {
+                g_mutex_lock(&v->flush_lock);
+                upload_snapshot(v, NULL);
+                g_mutex_unlock(&v->flush_lock);
+            }
+        }
     }
     volume_free(v);
 }

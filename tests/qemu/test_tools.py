@@ -286,6 +286,43 @@ class ToolsTest(unittest.TestCase):
         img("-a", "one")
         io("read -P 0x11 0 1M")
 
+    def test_garbage_collection(self):
+        # qemu-io writes through: each write is a segment.  With no grace
+        # period the writer's close deletes the two overwritten ones; with
+        # the default one (an hour) they stay.  store-bytes follows.
+        for s in self.stores:
+            with self.subTest(store=s.name):
+                for grace, segments in (("0", 1), (None, 3)):
+                    url = s.url()
+                    run(QEMU_IMG, "create", "-f", "raw", url, "8M",
+                        env=s.env)
+                    opts = f"driver=sprite,url={url}"
+                    if grace is not None:
+                        opts += f",gc-grace={grace}"
+                    run(QEMU_IO, "--image-opts", "-c", "write -P 1 0 4M",
+                        "-c", "write -P 2 0 4M", "-c", "write -P 3 0 4M",
+                        opts, env=s.env)
+                    shutil.rmtree(self.tmp / "xdg", ignore_errors=True)
+                    run(QEMU_IO, "-f", "raw", "-r", "-c", "read -P 3 0 4M",
+                        url, env=s.env)
+                    info = json.loads(run(QEMU_IMG, "info", "--output=json",
+                                          "-f", "sprite", url,
+                                          env=s.env).stdout)
+                    used = info["format-specific"]["data"]["store-bytes"]
+                    self.assertGreaterEqual(used, segments * 4 * MiB)
+                    self.assertLess(used, (segments * 4 + 1) * MiB)
+                    if s.name == "file":
+                        # Those with data (close may add an empty one).
+                        seg = Path(url[len("sprite+file://"):]) / "seg"
+                        full = [p for p in seg.iterdir()
+                                if p.stat().st_size > MiB]
+                        self.assertEqual(len(full), segments)
+        r = run(QEMU_IO, "--image-opts", "-c", "read 0 4k",
+                f"driver=sprite,url={url},gc-grace=-1", env=s.env,
+                check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("gc-grace", r.stderr)
+
     def test_bad_input(self):
         s = self.stores[0]
         url = s.url()
