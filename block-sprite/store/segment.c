@@ -106,6 +106,7 @@ void sprite_seg_header_encode(SpriteSegHeader *h, const void *data,
         put_le64(r + 8, h->records[i].length);
         put_le64(r + 16, h->records[i].data_off);
         put_le32(r + 24, h->records[i].kind);
+        put_le32(r + 28, h->records[i].back);
     }
     for (i = 0; i < h->nchunks; i++) {
         put_le64(p + SPRITE_SEG_FIXED + (size_t)h->nrecords * SPRITE_SEG_RECORD +
@@ -114,19 +115,28 @@ void sprite_seg_header_encode(SpriteSegHeader *h, const void *data,
     put_le64(p + 56, XXH64(p, h->header_len, 0));
 }
 
-/* Is @r a valid record of a segment of @version with @data_len bytes? */
-static bool record_ok(const SpriteRecord *r, uint32_t version,
+/* Is @r a valid record of segment @seq of @version with @data_len bytes? */
+static bool record_ok(const SpriteRecord *r, uint32_t version, uint64_t seq,
                       uint64_t data_len)
 {
     bool in_data = r->data_off <= data_len &&
                    r->length <= data_len - r->data_off;
     uint64_t end = r->offset + r->length;
 
+    if (r->back && r->kind != SPRITE_REC_REF) {
+        return false;
+    }
     switch (r->kind) {
     case SPRITE_REC_DATA:
     case SPRITE_REC_ZERO:
+    case SPRITE_REC_REF:
         if (r->length == 0 || end < r->offset ||
             (r->kind == SPRITE_REC_DATA && !in_data)) {
+            return false;
+        }
+        if (r->kind == SPRITE_REC_REF &&
+            (version < 3 || r->back == 0 || r->back >= seq ||
+             r->data_off + r->length < r->data_off)) {
             return false;
         }
         /* Within the disk, or (version 2) within the VM state area. */
@@ -211,7 +221,8 @@ int sprite_seg_header_decode(const void *buf, size_t len, uint64_t seq,
         rec->length = get_le64(r + 8);
         rec->data_off = get_le64(r + 16);
         rec->kind = get_le32(r + 24);
-        if (!record_ok(rec, version, h->data_len)) {
+        rec->back = get_le32(r + 28);
+        if (!record_ok(rec, version, h->seq, h->data_len)) {
             g_set_error(errp, SPRITE_ERROR, EIO,
                         "segment %016" G_GINT64_MODIFIER "x: record %u is "
                         "invalid", seq, i);

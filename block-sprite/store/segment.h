@@ -32,8 +32,9 @@
  *
  * SEGMENT (V/seg/<seq>): the writes of one flush, applied in order.
  *    0  8  magic "SPRITESG"
- *    8  4  format version (2; version 1 lacks record kinds 3 to 5 and
- *          the VM state area, and is read the same way)
+ *    8  4  format version (3; version 2 lacks record kind 6, version 1
+ *          also kinds 3 to 5 and the VM state area; both are read the
+ *          same way)
  *   12  4  header length H: multiple of 4096, the offset of the data
  *   16  8  seq, equal to the key's
  *   24  8  volume size after this segment
@@ -46,7 +47,8 @@
  *            0 8 volume offset   8 8 length   16 8 data offset (in data)
  *           24 4 kind: 1 DATA (bytes at data offset), 2 ZERO (reads as
  *                zeroes: on a volume without base the range is unmapped)
- *           28 4 zero
+ *           28 4 back: for kind 6, how many segments before this one
+ *                the data is (>= 1); else zero
  *          DATA and ZERO records address either the disk, [0, 2^62), or
  *          the VM state area, [2^62, 2^62 + 2^61): savevm's stream of
  *          the VM state at byte pos is kept at 2^62 + pos.  Checkpoint
@@ -61,6 +63,12 @@
  *                4 GOTO: replace the live map by checkpoint ID's, and the
  *                  volume size by its size (length 0)
  *                5 DELETE: forget checkpoint ID (length 0)
+ *          and a sixth kind addresses the disk or the VM state area like
+ *          DATA, with data stored before:
+ *                6 REF: the range holds the length bytes at data offset of
+ *                  the data of segment seq - back (the volume stores
+ *                  VM state that did not change since a previous
+ *                  checkpoint this way)
  *   64+32R C chunk checksums of 8 bytes: XXH64 of data bytes
  *          [i * 65536, min((i + 1) * 65536, D))
  *   then zero padding up to H
@@ -92,7 +100,7 @@
 #include <stdint.h>
 
 #define SPRITE_FORMAT_VERSION 1
-#define SPRITE_SEG_VERSION 2
+#define SPRITE_SEG_VERSION 3
 /* The disk is [0, SPRITE_VMSTATE_BASE); the VM state area follows. */
 #define SPRITE_VMSTATE_BASE (1ULL << 62)
 #define SPRITE_VMSTATE_LIMIT (1ULL << 61)
@@ -112,6 +120,7 @@ typedef enum SpriteRecordKind {
     SPRITE_REC_CHECKPOINT = 3,
     SPRITE_REC_GOTO = 4,
     SPRITE_REC_DELETE = 5,
+    SPRITE_REC_REF = 6,
 } SpriteRecordKind;
 
 typedef struct SpriteRecord {
@@ -119,6 +128,7 @@ typedef struct SpriteRecord {
     uint64_t length;
     uint64_t data_off;
     uint32_t kind;
+    uint32_t back;          /* REF: the data is in segment seq - back */
 } SpriteRecord;
 
 /* A parsed segment header. */

@@ -29,7 +29,7 @@
  * (less than COMPACT_LIVE of its data is live) into the pending log, as
  * if the guest wrote them again, so that the segment becomes garbage as
  * a whole.  Segments that checkpoints point into are left alone: the
- * rewrite changes only the live map.
+ * rewrite changes only the live map, and only the disk.
  */
 #include <errno.h>
 #include <string.h>
@@ -434,7 +434,9 @@ static bool collect_victim_extents(const SpriteExtent *e, void *opaque)
     CollectCtx *c = opaque;
     Victim *vi;
 
-    if (e->kind == SPRITE_EXT_DATA &&
+    /* The live VM state is a savevm in progress, whose chunks the volume
+     * may still refer to (volume.c): leave it where it is. */
+    if (e->kind == SPRITE_EXT_DATA && e->start < SPRITE_VMSTATE_BASE &&
         (vi = g_hash_table_lookup(c->victims, SEQ_KEY(e->seg)))) {
         g_array_append_val(vi->extents, *e);
     }

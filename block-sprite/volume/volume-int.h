@@ -13,6 +13,7 @@
 #include "sprite/volume.h"
 #include "meta/extmap.h"
 #include "meta/meta.h"
+#include "store/chunker.h"
 #include "store/segcache.h"
 #include "store/segment.h"
 #include "volume/lease.h"
@@ -101,6 +102,17 @@ struct SpriteVolume {
     GCond ship_cond;
     bool ship_wanted;
     bool ship_stop;
+
+    /* Deduplication of the VM state (volume.c), protected by @lock */
+    GByteArray *vm_buf;         /* the stream from @vm_pos, not all stored */
+    uint64_t vm_pos;
+    size_t vm_start;            /* the first byte of @vm_buf not stored */
+    size_t vm_scanned;          /* the chunker's position in @vm_buf */
+    SpriteChunker vm_chunker;
+    GHashTable *vm_stream;      /* VmChunk: chunks of the stream, by hash */
+    GHashTable *vm_ckpt;        /* VmChunk: those of checkpoint @vm_ckpt_id
+                                 * (NULL: none) */
+    uint64_t vm_ckpt_id;
 
     /* Garbage collection (gc.c): one pass at a time */
     GMutex gc_lock;

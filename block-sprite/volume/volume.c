@@ -47,6 +47,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "volume/volume-int.h"
 
 /* Pending bytes that wake the shipper to upload without a flush... */
@@ -575,17 +577,18 @@ static int apply_segment(SpriteVolume *v, const SpriteSegHeader *h,
     }
     for (i = 0; i < h->nrecords; i++) {
         const SpriteRecord *r = &h->records[i];
+        bool data = r->kind == SPRITE_REC_DATA || r->kind == SPRITE_REC_REF;
         SpriteExtent e = {
             .start = r->offset,
             .len = r->length,
-            .seg = h->seq,
+            .seg = h->seq - r->back,
             .data_off = r->data_off,
-            .kind = r->kind == SPRITE_REC_DATA ? SPRITE_EXT_DATA :
+            .kind = data ? SPRITE_EXT_DATA :
                     v->base ? SPRITE_EXT_ZERO : SPRITE_EXT_NONE,
         };
         uint64_t lo, hi;
 
-        if (r->kind != SPRITE_REC_DATA && r->kind != SPRITE_REC_ZERO) {
+        if (!data && r->kind != SPRITE_REC_ZERO) {
             ret = apply_checkpoint(v, h, r, errp);
             if (ret < 0) {
                 g_prefix_error(errp, "volume '%s': segment %016"
@@ -924,6 +927,8 @@ static void stop_shipper(SpriteVolume *v)
 }
 
 
+static GHashTable *vm_index_new(void);
+
 static SpriteVolume *volume_new(void)
 {
     SpriteVolume *v = g_new0(SpriteVolume, 1);
@@ -938,6 +943,9 @@ static SpriteVolume *volume_new(void)
     g_mutex_init(&v->ckpt_lock);
     g_mutex_init(&v->gc_lock);
     g_cond_init(&v->ship_cond);
+    v->vm_buf = g_byte_array_new();
+    v->vm_stream = vm_index_new();
+    sprite_chunker_reset(&v->vm_chunker);
     v->ckpts = g_ptr_array_new_with_free_func(ckpt_free);
     return v;
 }
@@ -969,6 +977,11 @@ static void volume_free(SpriteVolume *v)
     sprite_extmap_free(v->map);
     sprite_extmap_free(v->pending);
     g_array_free(v->records, TRUE);
+    g_byte_array_free(v->vm_buf, TRUE);
+    g_hash_table_destroy(v->vm_stream);
+    if (v->vm_ckpt) {
+        g_hash_table_destroy(v->vm_ckpt);
+    }
     sprite_url_free(v->url);
     g_free(v->url_str);
     g_free(v->base_url);
@@ -1478,14 +1491,206 @@ static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
     return 0;
 }
 
+/*
+ * VM state.  savevm writes its stream in order from position 0.  The
+ * volume cuts it into content-defined chunks (store/chunker.h) and keeps
+ * an index of the chunks of the newest checkpoint's VM state, and of the
+ * stream being written, by their 128-bit hash: a chunk found there is
+ * stored as a REF record to the bytes already stored, so memory that did
+ * not change since the previous checkpoint is neither stored nor
+ * uploaded again, wherever it lands in the new stream.
+ *
+ * Every chunk an index names is in a map that keeps it from the garbage
+ * collector: the newest checkpoint's, or the live VM state area.  So the
+ * index of the stream is dropped whenever that area changes other than
+ * by the stream going on (another position, a goto), and the other
+ * index when its checkpoint is deleted.
+ */
+typedef struct VmChunk {
+    XXH128_hash_t hash;
+    uint64_t seq;               /* where its bytes are */
+    uint64_t data_off;
+    uint64_t len;
+} VmChunk;
+
+static guint vm_chunk_hash(gconstpointer p)
+{
+    return (guint)((const XXH128_hash_t *)p)->low64;
+}
+
+static gboolean vm_chunk_equal(gconstpointer a, gconstpointer b)
+{
+    return XXH128_isEqual(*(const XXH128_hash_t *)a,
+                          *(const XXH128_hash_t *)b);
+}
+
+static GHashTable *vm_index_new(void)
+{
+    return g_hash_table_new_full(vm_chunk_hash, vm_chunk_equal, NULL, g_free);
+}
+
+/*
+ * Map VM state [@offset, + @len) to @len bytes at @data_off of segment
+ * @seq, stored before (a REF record).  Called with v->lock held.
+ */
+static void add_ref(SpriteVolume *v, uint64_t offset, uint64_t len,
+                    uint64_t seq, uint64_t data_off)
+{
+    SpriteRecord *last = v->records->len ?
+        &g_array_index(v->records, SpriteRecord, v->records->len - 1) : NULL;
+    SpriteRecord r = { .offset = offset, .length = len, .data_off = data_off,
+                       .kind = SPRITE_REC_REF,
+                       .back = pending_seq(v) - seq };
+    SpriteExtent e = { .start = offset, .len = len, .seg = seq,
+                       .data_off = data_off, .kind = SPRITE_EXT_DATA };
+
+    g_assert(seq < pending_seq(v) && r.back > 0);
+    if (last && last->kind == SPRITE_REC_REF && last->back == r.back &&
+        last->offset + last->length == offset &&
+        last->data_off + last->length == data_off) {
+        last->length += len;
+        e.start = last->offset;
+        e.len = last->length;
+        e.data_off = last->data_off;
+    } else {
+        g_array_append_val(v->records, r);
+    }
+    sprite_extmap_set(v->pending, &e, NULL, NULL);
+}
+
+/*
+ * Store chunk @p (@n bytes at stream position @pos): as a reference if
+ * an index knows its bytes, else as data.  Called with v->lock held.
+ */
+static int vm_emit(SpriteVolume *v, uint64_t pos, const uint8_t *p,
+                   size_t n, GError **errp)
+{
+    XXH128_hash_t h = XXH3_128bits(p, n);
+    VmChunk *c = g_hash_table_lookup(v->vm_stream, &h);
+    SpriteRecord r = { .offset = SPRITE_VMSTATE_BASE + pos, .length = n,
+                       .kind = SPRITE_REC_DATA };
+    VmChunk *at;
+    int ret;
+
+    if (!c && v->vm_ckpt) {
+        c = g_hash_table_lookup(v->vm_ckpt, &h);
+    }
+    if (c && c->len == n) {
+        if (c->seq == pending_seq(v)) {
+            r.data_off = c->data_off;
+            add_record(v, &r);
+        } else {
+            add_ref(v, r.offset, n, c->seq, c->data_off);
+        }
+        if (g_hash_table_contains(v->vm_stream, &h)) {
+            return 0;
+        }
+        at = g_memdup2(c, sizeof(*c));
+    } else {
+        ret = pend_append(v, &(struct iovec){ (void *)p, n }, 1, n,
+                          &r.data_off, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        add_record(v, &r);
+        at = g_new(VmChunk, 1);
+        *at = (VmChunk){ .hash = h, .seq = pending_seq(v),
+                         .data_off = r.data_off, .len = n };
+    }
+    g_hash_table_replace(v->vm_stream, &at->hash, at);
+    return 0;
+}
+
+/*
+ * Store the chunks of the stream buffer that are complete, or with
+ * @all, everything it holds.  Called with v->lock held.
+ */
+static int vm_cut(SpriteVolume *v, bool all, GError **errp)
+{
+    uint8_t *buf = v->vm_buf->data;
+    size_t len = v->vm_buf->len;
+    int ret = 0;
+
+    while (v->vm_scanned < len) {
+        size_t n = sprite_chunker_scan(&v->vm_chunker, buf + v->vm_scanned,
+                                       len - v->vm_scanned);
+
+        if (!n) {
+            v->vm_scanned = len;
+            break;
+        }
+        v->vm_scanned += n;
+        ret = vm_emit(v, v->vm_pos + v->vm_start, buf + v->vm_start,
+                      v->vm_scanned - v->vm_start, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        v->vm_start = v->vm_scanned;
+    }
+    if (all && v->vm_start < len) {
+        ret = vm_emit(v, v->vm_pos + v->vm_start, buf + v->vm_start,
+                      len - v->vm_start, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        v->vm_start = v->vm_scanned = len;
+        sprite_chunker_reset(&v->vm_chunker);
+    }
+    /* Keep the buffer small: drop what was stored, now and then. */
+    if (v->vm_start == len || v->vm_start >= (4u << 20)) {
+        g_byte_array_remove_range(v->vm_buf, 0, v->vm_start);
+        v->vm_pos += v->vm_start;
+        v->vm_scanned -= v->vm_start;
+        v->vm_start = 0;
+    }
+    return 0;
+}
+
+/*
+ * Store what the stream buffer holds and forget the stream's index: the
+ * live VM state area is about to change other than by the stream going
+ * on.  Called with v->lock held.
+ */
+static int vm_end_stream(SpriteVolume *v, GError **errp)
+{
+    int ret = vm_cut(v, true, errp);
+
+    g_hash_table_remove_all(v->vm_stream);
+    return ret;
+}
+
 int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
                                  const struct iovec *iov, int iovcnt,
                                  GError **errp)
 {
-    int ret = check_vmstate_range(pos, len, errp);
+    uint64_t done = 0;
+    int i, ret;
 
-    return ret < 0 ? ret : write_data(v, SPRITE_VMSTATE_BASE + pos, len,
-                                      iov, iovcnt, errp);
+    ret = check_vmstate_range(pos, len, errp);
+    if (ret < 0 || len == 0) {
+        return ret;
+    }
+    g_assert(iov_len(iov, iovcnt) >= len);
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0 && pos != v->vm_pos + v->vm_buf->len) {
+        ret = vm_end_stream(v, errp);
+        v->vm_pos = pos;
+    }
+    for (i = 0; ret == 0 && done < len; i++) {
+        size_t n = MIN(iov[i].iov_len, len - done);
+
+        g_byte_array_append(v->vm_buf, iov[i].iov_base, n);
+        done += n;
+    }
+    if (ret == 0) {
+        ret = vm_cut(v, false, errp);
+    }
+    g_mutex_unlock(&v->lock);
+    if (ret == 0) {
+        maybe_flush(v);
+    }
+    return ret;
 }
 
 static int write_zero_record(SpriteVolume *v, uint64_t offset, uint64_t len,
@@ -2040,6 +2245,12 @@ int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
 {
     int ret = check_vmstate_range(pos, len, errp);
 
+    /* What the stream buffer holds is read from where it is stored. */
+    if (ret == 0 && v->vm_buf->len) {
+        g_mutex_lock(&v->lock);
+        ret = vm_cut(v, true, errp);
+        g_mutex_unlock(&v->lock);
+    }
     return ret < 0 ? ret : read_data(v, SPRITE_VMSTATE_BASE + pos, len, iov,
                                      iovcnt, errp);
 }
@@ -2158,6 +2369,11 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
         ret = -EEXIST;
         goto out;
     }
+    /* The end of the VM state stream. */
+    ret = vm_cut(v, true, errp);
+    if (ret < 0) {
+        goto out;
+    }
     c = g_new0(Ckpt, 1);
     c->pub = *ck;
     c->pub.name = g_strdup(ck->name);
@@ -2196,6 +2412,14 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
     g_ptr_array_add(v->ckpts, c);
     g_mutex_unlock(&v->ckpt_lock);
     ck->id = c->pub.id;
+
+    /* Its chunks are the ones the next checkpoint is likely to repeat. */
+    if (v->vm_ckpt) {
+        g_hash_table_destroy(v->vm_ckpt);
+    }
+    v->vm_ckpt = v->vm_stream;
+    v->vm_ckpt_id = c->pub.id;
+    v->vm_stream = vm_index_new();
     kick_shipper(v);
 out:
     g_mutex_unlock(&v->lock);
@@ -2234,6 +2458,11 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     r.offset = c->pub.id;
     g_array_append_val(v->records, r);
     v->pend_disk++;
+    /* The checkpoint's VM state replaces any stream not yet stored. */
+    g_byte_array_set_size(v->vm_buf, 0);
+    v->vm_start = v->vm_scanned = 0;
+    sprite_chunker_reset(&v->vm_chunker);
+    g_hash_table_remove_all(v->vm_stream);
     sprite_extmap_free(v->pending);
     v->pending = sprite_extmap_copy(c->map);
     v->pending_opaque = true;
@@ -2298,6 +2527,10 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
         if (c) {
             g_array_append_val(v->records, r);
             kick_shipper(v);
+            if (v->vm_ckpt && v->vm_ckpt_id == r.offset) {
+                g_hash_table_destroy(v->vm_ckpt);
+                v->vm_ckpt = NULL;
+            }
             g_mutex_lock(&v->ckpt_lock);
             g_ptr_array_remove(v->ckpts, c);
             g_mutex_unlock(&v->ckpt_lock);

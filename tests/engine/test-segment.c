@@ -19,17 +19,20 @@ static uint8_t *make(SpriteSegHeader **hp, uint8_t **datap)
     h->seq = 7;
     h->volume_size = 1 << 20;
     h->data_len = 3 * SPRITE_CHUNK_SIZE + 100;
-    h->nrecords = 3;
-    h->records = g_new0(SpriteRecord, 3);
+    h->nrecords = 4;
+    h->records = g_new0(SpriteRecord, 4);
     h->records[0] = (SpriteRecord){ 0, 4096, 0, SPRITE_REC_DATA };
     h->records[1] = (SpriteRecord){ 8192, 1000, 0, SPRITE_REC_ZERO };
     h->records[2] = (SpriteRecord){ 1000, h->data_len - 4096, 4096,
                                     SPRITE_REC_DATA };
+    /* VM state stored in segment 7 - 5 = 2, at its data offset 12288 */
+    h->records[3] = (SpriteRecord){ SPRITE_VMSTATE_BASE + 4096, 65536, 12288,
+                                    SPRITE_REC_REF, 5 };
     data = g_malloc(h->data_len);
     for (i = 0; i < h->data_len; i++) {
         data[i] = i * 7 + 3;
     }
-    buf = g_malloc(sprite_seg_header_len(3, h->data_len));
+    buf = g_malloc(sprite_seg_header_len(4, h->data_len));
     sprite_seg_header_encode(h, data, buf);
     *hp = h;
     *datap = data;
@@ -48,9 +51,10 @@ static void test_roundtrip(void)
     g_assert_cmpuint(need, ==, h->header_len);
     g_assert_cmpint(sprite_seg_header_decode(buf, h->header_len, 7, &d,
                                              &need, NULL), ==, 0);
-    g_assert_cmpuint(d->nrecords, ==, 3);
+    g_assert_cmpuint(d->nrecords, ==, 4);
     g_assert_cmpuint(d->nchunks, ==, 4);
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < 4; i++) {
+        g_assert_cmpuint(d->records[i].back, ==, h->records[i].back);
         g_assert_cmpuint(d->records[i].offset, ==, h->records[i].offset);
         g_assert_cmpuint(d->records[i].length, ==, h->records[i].length);
         g_assert_cmpuint(d->records[i].data_off, ==, h->records[i].data_off);
@@ -78,12 +82,25 @@ static void test_damage(void)
     g_assert_cmpint(sprite_seg_header_decode(buf, h->header_len, 8, &d,
                                              &need, NULL), ==, -EIO);
     /* Any flipped bit of the header. */
-    for (off = 0; off < SPRITE_SEG_FIXED + 3 * 32 + 4 * 8; off += 3) {
+    for (off = 0; off < SPRITE_SEG_FIXED + 4 * 32 + 4 * 8; off += 3) {
         buf[off] ^= 0x10;
         g_assert_cmpint(sprite_seg_header_decode(buf, h->header_len, 7, &d,
                                                  &need, NULL), <, 0);
         buf[off] ^= 0x10;
     }
+    /* A reference to no earlier segment, or a "back" on another kind
+     * (headers re-encoded: the checksum stays valid). */
+    for (off = 0; off < 3; off++) {
+        g_autofree uint8_t *bad = g_malloc(h->header_len);
+
+        h->records[3].back = off == 0 ? 7 : off == 1 ? 0 : 5;
+        h->records[0].back = off == 2;
+        sprite_seg_header_encode(h, data, bad);
+        g_assert_cmpint(sprite_seg_header_decode(bad, h->header_len, 7, &d,
+                                                 &need, NULL), ==, -EIO);
+    }
+    h->records[0].back = 0;
+    h->records[3].back = 5;
     /* A newer format version is named as such. */
     buf[8] = SPRITE_SEG_VERSION + 1;
     g_assert_cmpint(sprite_seg_header_decode(buf, h->header_len, 7, &d,

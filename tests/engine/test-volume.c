@@ -313,21 +313,28 @@ static void test_clone(gconstpointer data)
     g_rand_free(r);
 }
 
-/* Write random VM state of @len bytes as savevm does, in pieces. */
-static uint8_t *write_vmstate(SpriteVolume *v, GRand *r, uint64_t len)
+/* Write VM state @vm of @len bytes as savevm does, in order, in pieces. */
+static void stream_vmstate(SpriteVolume *v, const uint8_t *vm, uint64_t len)
 {
-    uint8_t *vm = g_malloc(len);
     g_autoptr(GError) err = NULL;
     uint64_t pos;
 
-    fill_random(r, vm, len);
     for (pos = 0; pos < len; pos += 32768) {
         uint64_t n = MIN(32768, len - pos);
-        struct iovec iov = { vm + pos, n };
+        struct iovec iov = { (uint8_t *)vm + pos, n };
 
         g_assert_cmpint(sprite_volume_vmstate_writev(v, pos, n, &iov, 1,
                                                      &err), ==, 0);
     }
+}
+
+/* Write random VM state of @len bytes. */
+static uint8_t *write_vmstate(SpriteVolume *v, GRand *r, uint64_t len)
+{
+    uint8_t *vm = g_malloc(len);
+
+    fill_random(r, vm, len);
+    stream_vmstate(v, vm, len);
     return vm;
 }
 
@@ -1014,6 +1021,95 @@ static void test_gc_race(gconstpointer data)
     g_rand_free(r);
 }
 
+static uint64_t added_bytes(SpriteVolume *v, const char *name)
+{
+    SpriteCheckpoint *cks;
+    size_t n;
+    uint64_t added;
+
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    added = find_listed(cks, n, name)->added_bytes;
+    sprite_checkpoints_free(cks, n);
+    return added;
+}
+
+/*
+ * Incremental VM state: a checkpoint stores only the VM state that
+ * differs from the previous one's, even when the same bytes land at
+ * other positions of the stream; every checkpoint still reads its own,
+ * after reopening with an empty cache and after the one it shares with
+ * was deleted and garbage collected.
+ */
+static void test_vmstate_dedup(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t len = 8 << 20, M = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *a = NULL;
+    g_autofree uint8_t *bb = g_malloc(len + 100);
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(11);
+    SpriteCheckpoint c1 = { .name = (char *)"c1", .icount = -1 };
+    SpriteCheckpoint c2 = { .name = (char *)"c2", .icount = -1 };
+    SpriteCheckpoint c3 = { .name = (char *)"c3", .icount = -1 };
+    SpriteVolume *v;
+
+    o.gc_grace_ms = -1;
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
+                    0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    a = write_vmstate(v, r, len);
+    c1.vm_state_size = len;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c1"), >=, len);
+
+    /* 100 bytes inserted at 1 MiB shift all that follows; 64 KiB at
+     * 5 MiB change. */
+    memcpy(bb, a, M);
+    fill_random(r, bb + M, 100);
+    memcpy(bb + M + 100, a + M, len - M);
+    fill_random(r, bb + 5 * M, 64 << 10);
+    stream_vmstate(v, bb, len + 100);
+    c2.vm_state_size = len + 100;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c2"), <, 1 * M);
+
+    /* The same again: next to nothing. */
+    stream_vmstate(v, bb, len + 100);
+    c3.vm_state_size = len + 100;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c3, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c3"), <, 64 << 10);
+
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_equal(v, a, len);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
+    vmstate_equal(v, bb, len + 100);
+    sprite_volume_close(v);
+
+    /* From the store alone; then without c1, whose bytes c2 reuses. */
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c3", &err), ==, 0);
+    vmstate_equal(v, bb, len + 100);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_equal(v, a, len);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err),
+                    ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c3", &err),
+                    ==, 0);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    gc_ok(v, true);
+    sprite_volume_close(v);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
+    vmstate_equal(v, bb, len + 100);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 static void test_errors(gconstpointer data)
 {
     const Backend *b = data;
@@ -1346,12 +1442,14 @@ int main(int argc, char **argv)
     const char *tests[] = { "differential", "flush-durable", "clone",
                             "errors", "corrupt", "newer-format",
                             "lease-expiry", "concurrent", "checkpoints",
-                            "gc", "gc-readers", "gc-race" };
+                            "gc", "gc-readers", "gc-race",
+                            "vmstate-dedup" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
                             test_concurrent, test_checkpoints, test_gc,
-                            test_gc_readers, test_gc_race };
+                            test_gc_readers, test_gc_race,
+                            test_vmstate_dedup };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);
