@@ -129,6 +129,10 @@ class CheckpointTest(unittest.TestCase):
                                     {"command-line": "info snapshots"})
             self.assertIn("c1", listing)
             self.assertIn("c2", listing)
+            # Incremental: c2 stores only the memory that changed.
+            added = {c["name"]: c["added-bytes"] for c in checkpoints(g)}
+            self.assertGreater(added["c1"], 16 << 20)
+            self.assertLess(added["c2"], added["c1"] // 4)
 
             # Bad requests fail and the VM runs on, unchanged.
             err = run_job(g, "snapshot-load", tag="nope", vmstate="d0",
