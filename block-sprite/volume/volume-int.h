@@ -89,7 +89,13 @@ struct SpriteVolume {
     unsigned pend_disk;         /* how many of them change the disk */
     int log_fd[2];              /* the two log files, used in turn */
     int pend_fd;                /* the one that takes writes */
-    uint64_t pend_len;
+    uint64_t pend_len;          /* bytes written or being written to it */
+    /* Guest writes copy their bytes into the log without @lock, in room
+     * they took with it; sealing waits for them, and holds off new ones
+     * while it does. */
+    unsigned pend_writers;
+    bool sealing;
+    GCond pend_idle;
     SpriteSegCache *cache;
 
     /* Ckpt *, by increasing ID: changed with @lock and @ckpt_lock held,

@@ -34,9 +34,12 @@
  * with an empty cache costs one snapshot plus the segments after it.
  *
  * Locking.  @flush_lock serialises flushes; @lock protects the maps and
- * logs and is not held across a network request, except the reads of a
- * cache miss.  Order: @flush_lock, then @lock, then a base volume's
- * @lock (reads of a clone take the base's lock with their own held).
+ * logs and is held neither across a network request (a read of a durable
+ * segment drops it) nor while a guest write copies its bytes into the
+ * log: it takes room in the log with the lock, writes without it, and
+ * maps the bytes with it again; sealing waits for such writes.  Order:
+ * @flush_lock, then @lock, then a base volume's @lock (reads of a clone
+ * take the base's lock with their own held).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -943,6 +946,7 @@ static SpriteVolume *volume_new(void)
     g_mutex_init(&v->ckpt_lock);
     g_mutex_init(&v->gc_lock);
     g_cond_init(&v->ship_cond);
+    g_cond_init(&v->pend_idle);
     v->vm_buf = g_byte_array_new();
     v->vm_stream = vm_index_new();
     sprite_chunker_reset(&v->vm_chunker);
@@ -991,6 +995,7 @@ static void volume_free(SpriteVolume *v)
     g_mutex_clear(&v->ckpt_lock);
     g_mutex_clear(&v->gc_lock);
     g_cond_clear(&v->ship_cond);
+    g_cond_clear(&v->pend_idle);
     g_ptr_array_free(v->ckpts, TRUE);
     g_free(v);
 }
@@ -1377,11 +1382,22 @@ static void add_record(SpriteVolume *v, const SpriteRecord *r)
 }
 
 /*
- * Append @len bytes from @iov to the pending log; *@data_off is where.
- * Called with v->lock held.
+ * Make room for @len bytes at the end of the pending log; returns where
+ * they go.  Called with v->lock held.
  */
-static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
-                       uint64_t len, uint64_t *data_off, GError **errp)
+static uint64_t pend_reserve(SpriteVolume *v, uint64_t len)
+{
+    uint64_t data_off = v->pend_len;
+
+    v->pend_len += len;
+    __atomic_add_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+    return data_off;
+}
+
+/* Write @len bytes from @iov at @data_off of the log in @fd. */
+static int log_write(SpriteVolume *v, int fd, const struct iovec *iov,
+                     int iovcnt, uint64_t len, uint64_t data_off,
+                     GError **errp)
 {
     g_autofree struct iovec *w = g_new(struct iovec, MAX(iovcnt, 1));
     uint64_t done = 0;
@@ -1395,8 +1411,8 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
     }
     done = 0;
     while (done < len) {
-        ssize_t k = pwritev(v->pend_fd, w + first, MIN(n - first, IOV_MAX),
-                            PEND_RESERVE + v->pend_len + done);
+        ssize_t k = pwritev(fd, w + first, MIN(n - first, IOV_MAX),
+                            PEND_RESERVE + data_off + done);
 
         if (k < 0 && errno == EINTR) {
             continue;
@@ -1415,9 +1431,25 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
             w[first].iov_len -= k;
         }
     }
-    *data_off = v->pend_len;
-    v->pend_len += len;
-    __atomic_add_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/*
+ * Append @len bytes from @iov to the pending log; *@data_off is where.
+ * Called with v->lock held.
+ */
+static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
+                       uint64_t len, uint64_t *data_off, GError **errp)
+{
+    uint64_t at = pend_reserve(v, len);
+    int ret = log_write(v, v->pend_fd, iov, iovcnt, len, at, errp);
+
+    if (ret < 0) {
+        /* A hole that nothing maps: harmless. */
+        __atomic_sub_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+        return ret;
+    }
+    *data_off = at;
     return 0;
 }
 
@@ -1444,12 +1476,12 @@ static void maybe_flush(SpriteVolume *v)
     }
 }
 
-/* Write to the disk or, at SPRITE_VMSTATE_BASE and above, the VM state. */
-static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
-                      const struct iovec *iov, int iovcnt, GError **errp)
+int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                         const struct iovec *iov, int iovcnt, GError **errp)
 {
     SpriteRecord r = { .offset = offset, .length = len,
                        .kind = SPRITE_REC_DATA };
+    int fd = -1;
     int ret;
 
     g_assert(iov_len(iov, iovcnt) >= len);
@@ -1457,27 +1489,38 @@ static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
         return 0;
     }
     g_mutex_lock(&v->lock);
+    while (v->sealing) {
+        g_cond_wait(&v->pend_idle, &v->lock);
+    }
     ret = check_writable(v, errp);
-    if (ret == 0 && offset < SPRITE_VMSTATE_BASE) {
+    if (ret == 0) {
         ret = check_range(v, offset, len, errp);
     }
     if (ret == 0) {
-        ret = pend_append(v, iov, iovcnt, len, &r.data_off, errp);
+        /* Room in the log now; the bytes go there without the lock. */
+        r.data_off = pend_reserve(v, len);
+        fd = v->pend_fd;
+        v->pend_writers++;
     }
+    g_mutex_unlock(&v->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = log_write(v, fd, iov, iovcnt, len, r.data_off, errp);
+    g_mutex_lock(&v->lock);
     if (ret == 0) {
         add_record(v, &r);
+    } else {
+        __atomic_sub_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+    }
+    if (--v->pend_writers == 0) {
+        g_cond_broadcast(&v->pend_idle);
     }
     g_mutex_unlock(&v->lock);
     if (ret == 0) {
         maybe_flush(v);
     }
     return ret;
-}
-
-int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
-                         const struct iovec *iov, int iovcnt, GError **errp)
-{
-    return write_data(v, offset, len, iov, iovcnt, errp);
 }
 
 static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
@@ -1829,15 +1872,24 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
 /*
  * Turn the pending log into segment v->seq + 1 (v->sealed) and let the
  * other log file take writes while it uploads.  Costs no copy and no
- * file system operation.
+ * file system operation; waits for the writes copying into the log.
  * Called with v->lock held and v->sealed NULL (so the other log is free
  * and empty).
  */
 static void seal_pending(SpriteVolume *v)
 {
-    Sealed *sl = g_new0(Sealed, 1);
-    SpriteSegHeader *h = g_new0(SpriteSegHeader, 1);
+    Sealed *sl;
+    SpriteSegHeader *h;
 
+    /* Writes with room in the log finish, and no more start. */
+    v->sealing = true;
+    while (v->pend_writers) {
+        g_cond_wait(&v->pend_idle, &v->lock);
+    }
+    v->sealing = false;
+    g_cond_broadcast(&v->pend_idle);
+    sl = g_new0(Sealed, 1);
+    h = g_new0(SpriteSegHeader, 1);
     sl->fd = v->pend_fd;
     v->pend_fd = v->log_fd[v->pend_fd == v->log_fd[0]];
     sl->h = h;
