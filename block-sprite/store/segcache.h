@@ -45,6 +45,11 @@ int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
 int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
                            const void *obj, size_t len, GError **errp);
 
+/* Likewise, taking the file at @path (on the cache's file system), which
+ * holds the whole object (@len bytes): no copy. */
+int sprite_segcache_adopt(SpriteSegCache *c, uint64_t seq, const char *path,
+                          size_t len, GError **errp);
+
 /* Fetch and check the header of segment @seq (caller frees *@out). */
 typedef struct SpriteSegHeader SpriteSegHeader;
 int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,

@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -183,8 +184,9 @@ static void sealed_free(Sealed *sl)
     if (sl) {
         sprite_seg_header_free(sl->h);
         sprite_extmap_free(sl->map);
-        /* The log file is free for the next seal. */
-        if (ftruncate(sl->fd, 0) < 0) {
+        /* The log file (unless the cache took it) is free for the next
+         * seal. */
+        if (sl->fd >= 0 && ftruncate(sl->fd, 0) < 0) {
             /* harmless: the next log truncates it when it starts */
         }
         if (sl->mapped) {
@@ -1960,6 +1962,46 @@ static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
 }
 
 /*
+ * Give the cache its copy of @sl, uploaded: the sealed log file itself
+ * when the file system can cut the room before the header off it (the
+ * file is then the object), with a new log file in its place; else a
+ * copy.  Called with v->lock held (readers of the sealed log hold it).
+ */
+static void cache_sealed(SpriteVolume *v, Sealed *sl)
+{
+    int i = sl->fd == v->log_fd[1];
+    g_autofree char *name = g_strdup_printf("log.%d", i);
+    g_autofree char *path = g_build_filename(v->dir, name, NULL);
+    g_autofree char *next = g_strconcat(path, ".next", NULL);
+    off_t cut = PEND_RESERVE - (off_t)sl->h->header_len;
+    int fd;
+
+    if (!sl->mapped ||
+        (cut && fallocate(sl->fd, FALLOC_FL_COLLAPSE_RANGE, 0, cut) < 0)) {
+        sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
+        return;
+    }
+    /* The mapping shows the old offsets now: nothing reads it again. */
+    fd = open(next, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return;                 /* sealed_free() empties it for reuse */
+    }
+    if (sprite_segcache_adopt(v->cache, sl->h->seq, path, sl->len,
+                              NULL) < 0 && access(path, F_OK) == 0) {
+        /* Still ours: sealed_free() empties it for reuse. */
+        close(fd);
+        unlink(next);
+        return;
+    }
+    if (rename(next, path) < 0) {
+        unlink(next);           /* the new log works unnamed */
+    }
+    v->log_fd[i] = fd;
+    close(sl->fd);
+    sl->fd = -1;
+}
+
+/*
  * PUT v->sealed, then map it (I3).  On failure it stays sealed, to be
  * put again by the next flush.
  * Called with v->flush_lock held and v->lock not held.
@@ -1992,7 +2034,7 @@ static int upload_sealed(SpriteVolume *v, GError **errp)
                        v->url_str);
     } else {
         /* Durable now: map it.  A cache failure only costs a refetch. */
-        sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
+        cache_sealed(v, sl);
         __atomic_sub_fetch(&v->unshipped, sl->h->data_len, __ATOMIC_RELAXED);
         ret = apply_segment(v, sl->h, errp);
         if (ret < 0) {
