@@ -266,6 +266,25 @@ static int exec_bound(SpriteMeta *m, const char *sql, uint64_t a,
     return rc == SQLITE_DONE ? 0 : sql_error(m, rc, sql, errp);
 }
 
+/* Run query @sql and call @row for each of its rows. */
+static int foreach_row(SpriteMeta *m, const char *sql,
+                       void (*row)(sqlite3_stmt *st, void *ctx), void *ctx,
+                       GError **errp)
+{
+    sqlite3_stmt *st;
+    int rc, ret;
+
+    ret = prepare(m, sql, &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        row(st, ctx);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, sql, errp);
+}
+
 int sprite_meta_add_checkpoint(SpriteMeta *m, uint64_t id, uint64_t seq,
                                const char *info, GError **errp)
 {
@@ -327,27 +346,29 @@ int sprite_meta_delete_checkpoint(SpriteMeta *m, uint64_t id, GError **errp)
     return ret;
 }
 
+typedef struct CheckpointRows {
+    void (*fn)(uint64_t id, uint64_t seq, const char *info, void *opaque);
+    void *opaque;
+} CheckpointRows;
+
+static void checkpoint_row(sqlite3_stmt *st, void *ctx)
+{
+    CheckpointRows *c = ctx;
+
+    c->fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+          (const char *)sqlite3_column_text(st, 2), c->opaque);
+}
+
 int sprite_meta_foreach_checkpoint(SpriteMeta *m,
                                    void (*fn)(uint64_t id, uint64_t seq,
                                               const char *info,
                                               void *opaque),
                                    void *opaque, GError **errp)
 {
-    sqlite3_stmt *st;
-    int rc, ret;
+    CheckpointRows c = { fn, opaque };
 
-    ret = prepare(m, "SELECT id, seq, info FROM checkpoints ORDER BY id",
-                  &st, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-           (const char *)sqlite3_column_text(st, 2), opaque);
-    }
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list checkpoints",
-                                             errp);
+    return foreach_row(m, "SELECT id, seq, info FROM checkpoints ORDER BY id",
+                       checkpoint_row, &c, errp);
 }
 
 typedef struct StoreCtx {
@@ -446,25 +467,29 @@ int sprite_meta_export(SpriteMeta *m, GBytes **out, GError **errp)
     return 0;
 }
 
+typedef struct SegmentRows {
+    void (*fn)(uint64_t seq, uint32_t header_len, uint64_t data_len,
+               void *opaque);
+    void *opaque;
+} SegmentRows;
+
+static void segment_row(sqlite3_stmt *st, void *ctx)
+{
+    SegmentRows *c = ctx;
+
+    c->fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+          sqlite3_column_int64(st, 2), c->opaque);
+}
+
 int sprite_meta_foreach_segment(SpriteMeta *m,
                                 void (*fn)(uint64_t seq, uint32_t header_len,
                                            uint64_t data_len, void *opaque),
                                 void *opaque, GError **errp)
 {
-    sqlite3_stmt *st;
-    int rc, ret;
+    SegmentRows c = { fn, opaque };
 
-    ret = prepare(m, "SELECT seq, header_len, data_len FROM segments "
-                  "ORDER BY seq", &st, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        fn(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-           sqlite3_column_int64(st, 2), opaque);
-    }
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list segments", errp);
+    return foreach_row(m, "SELECT seq, header_len, data_len FROM segments "
+                       "ORDER BY seq", segment_row, &c, errp);
 }
 
 int sprite_meta_remove_segment(SpriteMeta *m, uint64_t seq, GError **errp)
@@ -473,24 +498,26 @@ int sprite_meta_remove_segment(SpriteMeta *m, uint64_t seq, GError **errp)
                       errp);
 }
 
+typedef struct SeqRows {
+    void (*fn)(uint64_t seq, void *opaque);
+    void *opaque;
+} SeqRows;
+
+static void seq_row(sqlite3_stmt *st, void *ctx)
+{
+    SeqRows *c = ctx;
+
+    c->fn(sqlite3_column_int64(st, 0), c->opaque);
+}
+
 int sprite_meta_checkpoint_segments(SpriteMeta *m,
                                     void (*fn)(uint64_t seq, void *opaque),
                                     void *opaque, GError **errp)
 {
-    sqlite3_stmt *st;
-    int rc, ret;
+    SeqRows c = { fn, opaque };
 
-    ret = prepare(m, "SELECT DISTINCT seg FROM checkpoint_extents "
-                  "WHERE kind = 1", &st, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        fn(sqlite3_column_int64(st, 0), opaque);
-    }
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "list checkpoint "
-                                             "segments", errp);
+    return foreach_row(m, "SELECT DISTINCT seg FROM checkpoint_extents "
+                       "WHERE kind = 1", seq_row, &c, errp);
 }
 
 int sprite_meta_garbage_since(SpriteMeta *m, const char *key, int64_t now,
@@ -517,34 +544,32 @@ int sprite_meta_garbage_since(SpriteMeta *m, const char *key, int64_t now,
     return rc == SQLITE_ROW ? 0 : sql_error(m, rc, "find garbage", errp);
 }
 
+typedef struct PruneRows {
+    GHashTable *keep;
+    GPtrArray *gone;
+} PruneRows;
+
+static void prune_row(sqlite3_stmt *st, void *ctx)
+{
+    PruneRows *c = ctx;
+    const char *key = (const char *)sqlite3_column_text(st, 0);
+
+    if (!g_hash_table_contains(c->keep, key)) {
+        g_ptr_array_add(c->gone, g_strdup(key));
+    }
+}
+
 int sprite_meta_garbage_prune(SpriteMeta *m, GHashTable *keep, GError **errp)
 {
     g_autoptr(GPtrArray) gone = g_ptr_array_new_with_free_func(g_free);
-    sqlite3_stmt *st;
-    int rc, ret;
+    PruneRows c = { keep, gone };
     guint i;
+    int ret;
 
-    ret = prepare(m, "SELECT key FROM garbage", &st, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *key = (const char *)sqlite3_column_text(st, 0);
-
-        if (!g_hash_table_contains(keep, key)) {
-            g_ptr_array_add(gone, g_strdup(key));
-        }
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        return sql_error(m, rc, "list garbage", errp);
-    }
-    for (i = 0; i < gone->len; i++) {
+    ret = foreach_row(m, "SELECT key FROM garbage", prune_row, &c, errp);
+    for (i = 0; ret == 0 && i < gone->len; i++) {
         ret = exec_bound(m, "DELETE FROM garbage WHERE key = ?3", 0, 0,
                          g_ptr_array_index(gone, i), errp);
-        if (ret < 0) {
-            return ret;
-        }
     }
-    return 0;
+    return ret;
 }
