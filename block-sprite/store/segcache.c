@@ -699,6 +699,38 @@ int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     return ret;
 }
 
+int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
+                                uint64_t data_off, uint64_t len, void *buf)
+{
+    CachedSeg *s;
+    uint32_t i;
+    int ret = -EAGAIN;
+
+    if (!g_mutex_trylock(&c->lock)) {
+        return -EAGAIN;
+    }
+    s = g_hash_table_lookup(c->segs, &seq);
+    if (!s || !s->h || s->fd < 0 || len == 0 ||
+        data_off > s->h->data_len || len > s->h->data_len - data_off) {
+        goto out;
+    }
+    for (i = data_off / SPRITE_CHUNK_SIZE;
+         i <= (data_off + len - 1) / SPRITE_CHUNK_SIZE; i++) {
+        if (s->verified[i] != CHUNK_VERIFIED) {
+            goto out;
+        }
+    }
+    s->users++;
+    touch(c, s);
+    g_mutex_unlock(&c->lock);
+    ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
+    g_mutex_lock(&c->lock);
+    s->users--;
+out:
+    g_mutex_unlock(&c->lock);
+    return ret < 0 ? ret : 0;
+}
+
 /* Called with c->lock held */
 static int segcache_insert(SpriteSegCache *c, uint64_t seq, const void *obj,
                            size_t len, GError **errp)

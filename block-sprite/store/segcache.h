@@ -41,6 +41,14 @@ void sprite_segcache_close(SpriteSegCache *c);
 int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
                          uint64_t len, void *buf, GError **errp);
 
+/*
+ * Likewise, but only from chunks already checked, without waiting for
+ * the cache's lock: -EAGAIN if that would take more (a fetch, a check,
+ * the lock).  For callers that must not block on the network.
+ */
+int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
+                                uint64_t data_off, uint64_t len, void *buf);
+
 /* Add a segment just written to the store (@obj is the whole object). */
 int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,
                            const void *obj, size_t len, GError **errp);

@@ -2251,7 +2251,7 @@ static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
 
 /* Called with v->lock held; drops it while reading a durable segment. */
 static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
-                      GError **errp)
+                      bool nowait, GError **errp)
 {
     bool sealed = v->sealed && e->seg == v->sealed->h->seq;
     int ret;
@@ -2266,6 +2266,10 @@ static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
         }
         return 0;
     }
+    if (nowait) {
+        return sprite_segcache_read_cached(v->cache, e->seg, e->data_off,
+                                           e->len, buf);
+    }
     /*
      * A durable segment never changes: read it without the volume lock,
      * so that a cache miss's GET does not hold up other I/O (the segment
@@ -2278,16 +2282,25 @@ static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
     return ret;
 }
 
-/* Read the disk or, at SPRITE_VMSTATE_BASE and above, the VM state. */
+/*
+ * Read the disk or, at SPRITE_VMSTATE_BASE and above, the VM state.  With
+ * @nowait, only from local files and checked cache chunks, and without
+ * waiting for a lock: -EAGAIN (and no *@errp) if that is not enough.
+ */
 static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
-                     const struct iovec *iov, int iovcnt, GError **errp)
+                     const struct iovec *iov, int iovcnt, bool nowait,
+                     GError **errp)
 {
     g_autofree uint8_t *buf = NULL;
     uint64_t pos = 0;
     int ret = 0;
 
     g_assert(iov_len(iov, iovcnt) >= len);
-    g_mutex_lock(&v->lock);
+    if (!nowait) {
+        g_mutex_lock(&v->lock);
+    } else if (!g_mutex_trylock(&v->lock)) {
+        return -EAGAIN;
+    }
     if (offset < SPRITE_VMSTATE_BASE) {
         ret = check_range(v, offset, len, errp);
     }
@@ -2303,7 +2316,7 @@ static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
             n = e.len;
             if (e.kind == SPRITE_EXT_DATA) {
                 buf = g_realloc(buf, n);
-                ret = read_piece(v, &e, buf, errp);
+                ret = read_piece(v, &e, buf, nowait, errp);
                 if (ret == 0) {
                     iov_from_buf(iov, iovcnt, pos, buf, n);
                 }
@@ -2314,7 +2327,7 @@ static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
             n = MIN(n, base_end - at);
             buf = g_realloc(buf, n);
             ret = read_data(v->base, at, n, &(struct iovec){ buf, n }, 1,
-                            errp);
+                            nowait, errp);
             if (ret == 0) {
                 iov_from_buf(iov, iovcnt, pos, buf, n);
             }
@@ -2330,7 +2343,13 @@ static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
 int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
                         const struct iovec *iov, int iovcnt, GError **errp)
 {
-    return read_data(v, offset, len, iov, iovcnt, errp);
+    return read_data(v, offset, len, iov, iovcnt, false, errp);
+}
+
+int sprite_volume_try_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
+                            const struct iovec *iov, int iovcnt)
+{
+    return read_data(v, offset, len, iov, iovcnt, true, NULL);
 }
 
 int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
@@ -2346,7 +2365,7 @@ int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
         g_mutex_unlock(&v->lock);
     }
     return ret < 0 ? ret : read_data(v, SPRITE_VMSTATE_BASE + pos, len, iov,
-                                     iovcnt, errp);
+                                     iovcnt, false, errp);
 }
 
 int sprite_volume_block_status(SpriteVolume *v, uint64_t offset,

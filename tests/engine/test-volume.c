@@ -1230,6 +1230,52 @@ static void test_concurrent_writers(gconstpointer data)
     sprite_volume_close(v);
 }
 
+/* Read all of @v without waiting: 0 and @model's bytes, or -EAGAIN. */
+static int try_read_all(SpriteVolume *v, const uint8_t *model, uint64_t size)
+{
+    g_autofree uint8_t *buf = g_malloc(size);
+    struct iovec iov = { buf, size };
+    int ret = sprite_volume_try_readv(v, 0, size, &iov, 1);
+
+    if (ret == 0) {
+        g_assert_true(memcmp(buf, model, size) == 0);
+    }
+    return ret;
+}
+
+/*
+ * Reads that must not block on the network (QEMU's event loop) succeed
+ * from data written here and from checked cache chunks, and say -EAGAIN
+ * when data would have to be fetched.
+ */
+static void test_try_read(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(12);
+    SpriteVolume *v;
+
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    put(v, r, model, 0, size / 2);
+    g_assert_cmpint(try_read_all(v, model, size), ==, 0);     /* pending */
+    flush_ok(v);
+    g_assert_cmpint(try_read_all(v, model, size), ==, 0);     /* cached */
+    sprite_volume_close(v);
+
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(try_read_all(v, model, size), ==, -EAGAIN);
+    read_all_equal(v, model, size);
+    g_assert_cmpint(try_read_all(v, model, size), ==, 0);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 static void test_errors(gconstpointer data)
 {
     const Backend *b = data;
@@ -1563,13 +1609,15 @@ int main(int argc, char **argv)
                             "errors", "corrupt", "newer-format",
                             "lease-expiry", "concurrent", "checkpoints",
                             "gc", "gc-readers", "gc-race",
-                            "vmstate-dedup", "concurrent-writers" };
+                            "vmstate-dedup", "concurrent-writers",
+                            "try-read" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
                             test_concurrent, test_checkpoints, test_gc,
                             test_gc_readers, test_gc_race,
-                            test_vmstate_dedup, test_concurrent_writers };
+                            test_vmstate_dedup, test_concurrent_writers,
+                            test_try_read };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

@@ -92,6 +92,16 @@ uint64_t sprite_volume_size(SpriteVolume *v);
 int sprite_volume_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
                         const struct iovec *iov, int iovcnt, GError **errp);
 
+/*
+ * Read like sprite_volume_readv() if that needs no network request, no
+ * check of cached data and no wait for a lock (data written here, or
+ * read and checked before): else -EAGAIN, or another -errno, having
+ * read nothing that counts; the caller then calls sprite_volume_readv().
+ * For callers on an event loop: it costs local file reads only.
+ */
+int sprite_volume_try_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
+                            const struct iovec *iov, int iovcnt);
+
 /* Write @len bytes at @offset from @iov.  Acknowledged once in the local
  * cache: durable on the object store only after the next flush. */
 int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,

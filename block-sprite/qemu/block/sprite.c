@@ -395,6 +395,17 @@ static int coroutine_fn GRAPH_RDLOCK
 sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                  QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
+    BDRVSpriteState *s = bs->opaque;
+
+    /*
+     * Data written here or already in the cache is read right here, like
+     * a local file: only what needs the network (or a wait for a lock)
+     * goes to the thread pool.
+     */
+    if (sprite_volume_try_readv(s->vol, offset, bytes, qiov->iov,
+                                qiov->niov) == 0) {
+        return 0;
+    }
     return sprite_co_io(bs, SPRITE_OP_READ, offset, bytes, qiov, 0);
 }
 
