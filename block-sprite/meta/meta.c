@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <errno.h>
+#include <string.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -38,6 +39,10 @@ static const char schema[] =
     "  length INTEGER NOT NULL, kind INTEGER NOT NULL,"
     "  seg INTEGER NOT NULL, data_off INTEGER NOT NULL,"
     "  PRIMARY KEY (ckpt, start)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS vm_chunks("
+    "  ckpt INTEGER NOT NULL, hash BLOB NOT NULL, seg INTEGER NOT NULL,"
+    "  data_off INTEGER NOT NULL, length INTEGER NOT NULL,"
+    "  PRIMARY KEY (ckpt, hash)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS garbage("
     "  key TEXT PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO volume VALUES ('format', '1');";
@@ -343,7 +348,71 @@ int sprite_meta_delete_checkpoint(SpriteMeta *m, uint64_t id, GError **errp)
         ret = exec_bound(m, "DELETE FROM checkpoint_extents WHERE ckpt = ?1",
                          id, 0, NULL, errp);
     }
+    if (ret == 0) {
+        ret = exec_bound(m, "DELETE FROM vm_chunks WHERE ckpt = ?1", id, 0,
+                         NULL, errp);
+    }
     return ret;
+}
+
+int sprite_meta_add_vm_chunks(SpriteMeta *m, uint64_t ckpt,
+                              const SpriteChunkRef *refs, size_t n,
+                              GError **errp)
+{
+    sqlite3_stmt *st;
+    size_t i;
+    int rc = SQLITE_DONE, ret;
+
+    ret = prepare(m, "INSERT OR REPLACE INTO vm_chunks VALUES "
+                  "(?1, ?2, ?3, ?4, ?5)", &st, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < n && rc == SQLITE_DONE; i++) {
+        sqlite3_bind_int64(st, 1, ckpt);
+        sqlite3_bind_blob(st, 2, refs[i].hash, sizeof(refs[i].hash),
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, refs[i].seg);
+        sqlite3_bind_int64(st, 4, refs[i].data_off);
+        sqlite3_bind_int64(st, 5, refs[i].len);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : sql_error(m, rc, "insert VM chunk", errp);
+}
+
+typedef struct ChunkRows {
+    void (*fn)(const SpriteChunkRef *ref, void *opaque);
+    void *opaque;
+} ChunkRows;
+
+static void chunk_row(sqlite3_stmt *st, void *ctx)
+{
+    ChunkRows *c = ctx;
+    SpriteChunkRef ref = {
+        .seg = sqlite3_column_int64(st, 1),
+        .data_off = sqlite3_column_int64(st, 2),
+        .len = sqlite3_column_int64(st, 3),
+    };
+
+    if (sqlite3_column_bytes(st, 0) == sizeof(ref.hash)) {
+        memcpy(ref.hash, sqlite3_column_blob(st, 0), sizeof(ref.hash));
+        c->fn(&ref, c->opaque);
+    }
+}
+
+int sprite_meta_foreach_vm_chunk(SpriteMeta *m, uint64_t ckpt,
+                                 void (*fn)(const SpriteChunkRef *ref,
+                                            void *opaque),
+                                 void *opaque, GError **errp)
+{
+    ChunkRows c = { fn, opaque };
+    g_autofree char *sql = g_strdup_printf(
+        "SELECT hash, seg, data_off, length FROM vm_chunks WHERE ckpt = %"
+        G_GUINT64_FORMAT, ckpt);
+
+    return foreach_row(m, sql, chunk_row, &c, errp);
 }
 
 typedef struct CheckpointRows {

@@ -21,6 +21,12 @@
  *   checkpoint_extents(ckpt, start, length, kind, seg, data_off,
  *                      PRIMARY KEY (ckpt, start))
  *                 -- each checkpoint's copy of the extent map
+ *   vm_chunks(ckpt, hash, seg, data_off, length,
+ *             PRIMARY KEY (ckpt, hash))
+ *                 -- the chunks of a checkpoint's VM state by XXH3-128
+ *                    (16 bytes, low half first, each little-endian) and
+ *                    where their bytes are, for the next checkpoint to
+ *                    refer to (volume.c); not every checkpoint has them
  *   garbage(key TEXT PRIMARY KEY, since)
  *                 -- objects the garbage collector found unreferenced,
  *                    and since when (Unix time in microseconds)
@@ -97,6 +103,25 @@ int sprite_meta_add_segment(SpriteMeta *m, uint64_t seq,
 /* Total bytes of the segments recorded. */
 int sprite_meta_segment_bytes(SpriteMeta *m, uint64_t *bytes,
                               GError **errp);
+
+/* A chunk of VM state and where its bytes are. */
+typedef struct SpriteChunkRef {
+    uint8_t hash[16];
+    uint64_t seg;
+    uint64_t data_off;
+    uint64_t len;
+} SpriteChunkRef;
+
+/* Record the chunks of checkpoint @ckpt's VM state (forgotten with it). */
+int sprite_meta_add_vm_chunks(SpriteMeta *m, uint64_t ckpt,
+                              const SpriteChunkRef *refs, size_t n,
+                              GError **errp);
+
+/* Call @fn for each chunk recorded for checkpoint @ckpt. */
+int sprite_meta_foreach_vm_chunk(SpriteMeta *m, uint64_t ckpt,
+                                 void (*fn)(const SpriteChunkRef *ref,
+                                            void *opaque),
+                                 void *opaque, GError **errp);
 
 /* Call @fn for every segment recorded, by increasing @seq. */
 int sprite_meta_foreach_segment(SpriteMeta *m,

@@ -119,6 +119,8 @@ struct SpriteVolume {
     GHashTable *vm_ckpt;        /* VmChunk: those of checkpoint @vm_ckpt_id
                                  * (NULL: none) */
     uint64_t vm_ckpt_id;
+    bool vm_index_saved;        /* in the database, not yet in a snapshot
+                                 * (protected by @flush_lock) */
 
     /* Garbage collection (gc.c): one pass at a time */
     GMutex gc_lock;

@@ -531,6 +531,8 @@ static uint64_t disk_data_bytes(SpriteExtmap *map)
            sprite_extmap_bytes_from(map, SPRITE_VMSTATE_BASE, SPRITE_EXT_DATA);
 }
 
+static int vm_index_save(SpriteVolume *v, GError **errp);
+
 /* Apply checkpoint record @r of segment @h to the database. */
 static int apply_checkpoint(SpriteVolume *v, const SpriteSegHeader *h,
                             const SpriteRecord *r, GError **errp)
@@ -553,8 +555,12 @@ static int apply_checkpoint(SpriteVolume *v, const SpriteSegHeader *h,
             return -EIO;
         }
         ckpt_free(c);
-        return sprite_meta_add_checkpoint(v->meta, r->offset, h->seq, text,
-                                          errp);
+        ret = sprite_meta_add_checkpoint(v->meta, r->offset, h->seq, text,
+                                         errp);
+        if (ret == 0 && v->vm_ckpt && v->vm_ckpt_id == r->offset) {
+            ret = vm_index_save(v, errp);
+        }
+        return ret;
     case SPRITE_REC_GOTO:
         ret = sprite_meta_goto_checkpoint(v->meta, r->offset, errp);
         if (ret == 0) {
@@ -1539,8 +1545,10 @@ static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
 /*
  * VM state.  savevm writes its stream in order from position 0.  The
  * volume cuts it into content-defined chunks (store/chunker.h) and keeps
- * an index of the chunks of the newest checkpoint's VM state, and of the
- * stream being written, by their 128-bit hash: a chunk found there is
+ * an index of the chunks of the newest checkpoint's VM state (the one
+ * taken last, or gone to last when the database lists its chunks: the
+ * process that took it saves them there), and of the stream being
+ * written, by their 128-bit hash: a chunk found there is
  * stored as a REF record to the bytes already stored, so memory that did
  * not change since the previous checkpoint is neither stored nor
  * uploaded again, wherever it lands in the new stream.
@@ -1572,6 +1580,78 @@ static gboolean vm_chunk_equal(gconstpointer a, gconstpointer b)
 static GHashTable *vm_index_new(void)
 {
     return g_hash_table_new_full(vm_chunk_hash, vm_chunk_equal, NULL, g_free);
+}
+
+/*
+ * Record the index of checkpoint v->vm_ckpt_id in the database, as its
+ * record is applied, so that a process that goes to it later (on
+ * another host, say) refers to its chunks too.  Called with v->lock
+ * held.
+ */
+static int vm_index_save(SpriteVolume *v, GError **errp)
+{
+    g_autoptr(GArray) refs = g_array_sized_new(FALSE, FALSE,
+                                               sizeof(SpriteChunkRef),
+                                               g_hash_table_size(v->vm_ckpt));
+    GHashTableIter it;
+    gpointer p;
+
+    g_hash_table_iter_init(&it, v->vm_ckpt);
+    while (g_hash_table_iter_next(&it, NULL, &p)) {
+        const VmChunk *c = p;
+        SpriteChunkRef ref = { .seg = c->seq, .data_off = c->data_off,
+                               .len = c->len };
+        uint64_t lo = GUINT64_TO_LE(c->hash.low64);
+        uint64_t hi = GUINT64_TO_LE(c->hash.high64);
+
+        memcpy(ref.hash, &lo, 8);
+        memcpy(ref.hash + 8, &hi, 8);
+        g_array_append_val(refs, ref);
+    }
+    v->vm_index_saved = true;
+    return sprite_meta_add_vm_chunks(v->meta, v->vm_ckpt_id,
+                                     (SpriteChunkRef *)refs->data, refs->len,
+                                     errp);
+}
+
+static void vm_index_add_ref(const SpriteChunkRef *ref, void *opaque)
+{
+    VmChunk *c = g_new(VmChunk, 1);
+    uint64_t lo, hi;
+
+    memcpy(&lo, ref->hash, 8);
+    memcpy(&hi, ref->hash + 8, 8);
+    c->hash.low64 = GUINT64_FROM_LE(lo);
+    c->hash.high64 = GUINT64_FROM_LE(hi);
+    c->seq = ref->seg;
+    c->data_off = ref->data_off;
+    c->len = ref->len;
+    g_hash_table_replace(opaque, &c->hash, c);
+}
+
+/*
+ * After going to checkpoint @id: make its chunks the index, if the
+ * database has them.  Called with v->lock held.
+ */
+static void vm_index_load(SpriteVolume *v, uint64_t id)
+{
+    GHashTable *index;
+
+    if (v->vm_ckpt && v->vm_ckpt_id == id) {
+        return;
+    }
+    index = vm_index_new();
+    if (sprite_meta_foreach_vm_chunk(v->meta, id, vm_index_add_ref, index,
+                                     NULL) < 0 ||
+        !g_hash_table_size(index)) {
+        g_hash_table_destroy(index);
+        return;
+    }
+    if (v->vm_ckpt) {
+        g_hash_table_destroy(v->vm_ckpt);
+    }
+    v->vm_ckpt = index;
+    v->vm_ckpt_id = id;
 }
 
 /*
@@ -2081,10 +2161,13 @@ static int flush_volume(SpriteVolume *v, GError **errp)
             break;
         }
     }
-    snapshot = ret == 0 && v->seq - v->snap_seq >= SNAPSHOT_EVERY;
+    /* A checkpoint's chunks reach other hosts in a snapshot: send one. */
+    snapshot = ret == 0 && (v->seq - v->snap_seq >= SNAPSHOT_EVERY ||
+                            v->vm_index_saved);
     if (snapshot) {
         /* Best effort: a missing snapshot only makes opening slower. */
         upload_snapshot(v, NULL);
+        v->vm_index_saved = false;
     }
     g_mutex_unlock(&v->flush_lock);
     return ret;
@@ -2576,6 +2659,7 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     v->vm_start = v->vm_scanned = 0;
     sprite_chunker_reset(&v->vm_chunker);
     g_hash_table_remove_all(v->vm_stream);
+    vm_index_load(v, c->pub.id);
     sprite_extmap_free(v->pending);
     v->pending = sprite_extmap_copy(c->map);
     v->pending_opaque = true;

@@ -1053,6 +1053,7 @@ static void test_vmstate_dedup(gconstpointer data)
     SpriteCheckpoint c1 = { .name = (char *)"c1", .icount = -1 };
     SpriteCheckpoint c2 = { .name = (char *)"c2", .icount = -1 };
     SpriteCheckpoint c3 = { .name = (char *)"c3", .icount = -1 };
+    SpriteCheckpoint c4 = { .name = (char *)"c4", .icount = -1 };
     SpriteVolume *v;
 
     o.gc_grace_ms = -1;
@@ -1092,6 +1093,11 @@ static void test_vmstate_dedup(gconstpointer data)
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c3", &err), ==, 0);
     vmstate_equal(v, bb, len + 100);
+    /* This process never saw c3's stream: the database knows its chunks. */
+    stream_vmstate(v, bb, len + 100);
+    c4.vm_state_size = len + 100;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c4, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c4"), <, 64 << 10);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     vmstate_equal(v, a, len);
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err),

@@ -159,9 +159,17 @@ class CheckpointTest(unittest.TestCase):
             g.qmp.execute("human-monitor-command",
                           {"command-line": "loadvm c2"})
             self.assertEqual(counters(g), (3, 3, blob))
+            # This host took no checkpoint yet, but the metadata lists
+            # the chunks of the one it loaded: c3 stores only changes.
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "savevm c3"})
+            self.assertEqual(out.strip(), "")
+            added = {c["name"]: c["added-bytes"] for c in checkpoints(g)}
+            self.assertLess(added["c3"], 8 << 20)
             self.assertIsNone(run_job(g, "snapshot-delete", tag="c1",
                                       devices=["d0"]))
-            self.assertEqual([c["name"] for c in checkpoints(g)], ["c2"])
+            self.assertEqual([c["name"] for c in checkpoints(g)],
+                             ["c2", "c3"])
             wait_durable(g)
 
         # A new volume (a new VM) from checkpoint c2.
