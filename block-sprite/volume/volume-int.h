@@ -119,6 +119,9 @@ struct SpriteVolume {
     GHashTable *vm_ckpt;        /* VmChunk: those of checkpoint @vm_ckpt_id
                                  * (NULL: none) */
     uint64_t vm_ckpt_id;
+    GHashTable *vm_unsaved;     /* the index of checkpoint @vm_unsaved_id,
+                                 * whose record is not applied yet */
+    uint64_t vm_unsaved_id;
     bool vm_index_saved;        /* in the database, not yet in a snapshot
                                  * (protected by @flush_lock) */
 

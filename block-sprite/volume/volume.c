@@ -557,7 +557,7 @@ static int apply_checkpoint(SpriteVolume *v, const SpriteSegHeader *h,
         ckpt_free(c);
         ret = sprite_meta_add_checkpoint(v->meta, r->offset, h->seq, text,
                                          errp);
-        if (ret == 0 && v->vm_ckpt && v->vm_ckpt_id == r->offset) {
+        if (ret == 0 && v->vm_unsaved && v->vm_unsaved_id == r->offset) {
             ret = vm_index_save(v, errp);
         }
         return ret;
@@ -992,7 +992,10 @@ static void volume_free(SpriteVolume *v)
     g_byte_array_free(v->vm_buf, TRUE);
     g_hash_table_destroy(v->vm_stream);
     if (v->vm_ckpt) {
-        g_hash_table_destroy(v->vm_ckpt);
+        g_hash_table_unref(v->vm_ckpt);
+    }
+    if (v->vm_unsaved) {
+        g_hash_table_unref(v->vm_unsaved);
     }
     sprite_url_free(v->url);
     g_free(v->url_str);
@@ -1583,20 +1586,21 @@ static GHashTable *vm_index_new(void)
 }
 
 /*
- * Record the index of checkpoint v->vm_ckpt_id in the database, as its
- * record is applied, so that a process that goes to it later (on
+ * Record the index of checkpoint v->vm_unsaved_id in the database, as
+ * its record is applied, so that a process that goes to it later (on
  * another host, say) refers to its chunks too.  Called with v->lock
  * held.
  */
 static int vm_index_save(SpriteVolume *v, GError **errp)
 {
+    g_autoptr(GHashTable) index = g_steal_pointer(&v->vm_unsaved);
     g_autoptr(GArray) refs = g_array_sized_new(FALSE, FALSE,
                                                sizeof(SpriteChunkRef),
-                                               g_hash_table_size(v->vm_ckpt));
+                                               g_hash_table_size(index));
     GHashTableIter it;
     gpointer p;
 
-    g_hash_table_iter_init(&it, v->vm_ckpt);
+    g_hash_table_iter_init(&it, index);
     while (g_hash_table_iter_next(&it, NULL, &p)) {
         const VmChunk *c = p;
         SpriteChunkRef ref = { .seg = c->seq, .data_off = c->data_off,
@@ -1609,7 +1613,7 @@ static int vm_index_save(SpriteVolume *v, GError **errp)
         g_array_append_val(refs, ref);
     }
     v->vm_index_saved = true;
-    return sprite_meta_add_vm_chunks(v->meta, v->vm_ckpt_id,
+    return sprite_meta_add_vm_chunks(v->meta, v->vm_unsaved_id,
                                      (SpriteChunkRef *)refs->data, refs->len,
                                      errp);
 }
@@ -1648,7 +1652,7 @@ static void vm_index_load(SpriteVolume *v, uint64_t id)
         return;
     }
     if (v->vm_ckpt) {
-        g_hash_table_destroy(v->vm_ckpt);
+        g_hash_table_unref(v->vm_ckpt);
     }
     v->vm_ckpt = index;
     v->vm_ckpt_id = id;
@@ -2611,11 +2615,17 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
 
     /* Its chunks are the ones the next checkpoint is likely to repeat. */
     if (v->vm_ckpt) {
-        g_hash_table_destroy(v->vm_ckpt);
+        g_hash_table_unref(v->vm_ckpt);
     }
     v->vm_ckpt = v->vm_stream;
     v->vm_ckpt_id = c->pub.id;
     v->vm_stream = vm_index_new();
+    /* To be saved with the checkpoint's record (an older one's is not). */
+    if (v->vm_unsaved) {
+        g_hash_table_unref(v->vm_unsaved);
+    }
+    v->vm_unsaved = g_hash_table_ref(v->vm_ckpt);
+    v->vm_unsaved_id = c->pub.id;
     kick_shipper(v);
 out:
     g_mutex_unlock(&v->lock);
@@ -2725,7 +2735,7 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
             g_array_append_val(v->records, r);
             kick_shipper(v);
             if (v->vm_ckpt && v->vm_ckpt_id == r.offset) {
-                g_hash_table_destroy(v->vm_ckpt);
+                g_hash_table_unref(v->vm_ckpt);
                 v->vm_ckpt = NULL;
             }
             g_mutex_lock(&v->ckpt_lock);
