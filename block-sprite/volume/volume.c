@@ -65,6 +65,8 @@
  * segment object (mapped, not copied) unless the header is larger.
  */
 #define PEND_RESERVE (1u << 20)
+/* The cache adopts sealed logs with this much data or more. */
+#define ADOPT_MIN (8u << 20)
 /* How long the shipper waits before it tries a failed upload again. */
 #define SHIP_RETRY_US (5 * G_USEC_PER_SEC)
 /* Upload a metadata snapshot after this many segments. */
@@ -2046,10 +2048,12 @@ static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
 }
 
 /*
- * Give the cache its copy of @sl, uploaded: the sealed log file itself
- * when the file system can cut the room before the header off it (the
- * file is then the object), with a new log file in its place; else a
- * copy.  Called with v->lock held (readers of the sealed log hold it).
+ * Give the cache its copy of @sl, uploaded: for a large segment, the
+ * sealed log file itself when the file system can cut the room before
+ * the header off it (the file is then the object), with a new log file
+ * in its place; else a copy.  Cutting writes the file back to disk
+ * first (ext4), which costs a small flush more than the copy it saves.
+ * Called with v->lock held (readers of the sealed log hold it).
  */
 static void cache_sealed(SpriteVolume *v, Sealed *sl)
 {
@@ -2060,7 +2064,7 @@ static void cache_sealed(SpriteVolume *v, Sealed *sl)
     off_t cut = PEND_RESERVE - (off_t)sl->h->header_len;
     int fd;
 
-    if (!sl->mapped ||
+    if (!sl->mapped || sl->h->data_len < ADOPT_MIN ||
         (cut && fallocate(sl->fd, FALLOC_FL_COLLAPSE_RANGE, 0, cut) < 0)) {
         sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
         return;
