@@ -210,7 +210,7 @@ void sprite_checkpoints_free(SpriteCheckpoint *cks, size_t n);
  * metadata snapshots) once they have been garbage for the grace period,
  * and with @compaction rewrites the live data of segments that are mostly
  * garbage so that they become garbage too.  The writer's shipper does
- * this by itself every few minutes and at close; calling it is for
+ * this by itself every minute and at close; calling it is for
  * tools and tests.  -EROFS for a reader.  Rules: gc.c and
  * docs/durability.md (I9).
  */
