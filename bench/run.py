@@ -4,8 +4,8 @@
     bench/run.py [--quick] [--out DIR] [--no-plots] [BENCH...]
     tests/servers/with-servers bench/run.py          # with radosgw
 
-BENCH is any of io, flush, cold, create, open, checkpoint (default:
-all, in that order).
+BENCH is any of io, flush, cold, create, open, extents, checkpoint
+(default: all, in that order).
 Each prints its progress, then its table; the results go to
 DIR/latest.json (default bench/results/) and one PNG per benchmark to
 DIR/<bench>.png.  --quick uses small counts (well under a minute for
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common as c  # noqa: E402
 
-BENCHES = ("io", "flush", "cold", "create", "open", "checkpoint")
+BENCHES = ("io", "flush", "cold", "create", "open", "extents", "checkpoint")
 
 
 def load(name: str):

@@ -43,7 +43,7 @@ class BenchSmokeTest(unittest.TestCase):
             self.assertTrue(res["meta"]["quick"])
             self.assertTrue(res["meta"]["rgw"], log)
             for name in ("io", "flush", "cold", "create", "open",
-                         "checkpoint"):
+                         "extents", "checkpoint"):
                 self.assertIn(name, res, log)
                 self.assertNotIn("error", res[name], log)
                 self.assertNotIn("skipped", res[name], log)
@@ -86,6 +86,14 @@ class BenchSmokeTest(unittest.TestCase):
                 self.assertGreater(row["cold_s"], 0)
                 self.assertIsNotNone(row["cold_vs_qcow2"])
 
+            ex = res["extents"]
+            self.assertEqual([r["extents"] for r in ex["rows"]],
+                             [10_000, 100_000])
+            for row in ex["rows"]:
+                self.assertGreater(row["lookup_ns"], 0)
+                self.assertGreater(row["bytes_per_extent"], 0)
+                self.assertIsNotNone(row["ratio"])
+
             ck = res["checkpoint"]
             self.assertEqual([r["target"] for r in ck["rows"]],
                              ["qcow2", "sprite-file", "sprite-rgw"])
@@ -96,7 +104,7 @@ class BenchSmokeTest(unittest.TestCase):
 
             if has_matplotlib():
                 for name in ("io", "flush", "cold", "create", "open",
-                             "checkpoint"):
+                             "extents", "checkpoint"):
                     png = out / f"{name}.png"
                     self.assertTrue(png.exists(), log)
                     self.assertEqual(png.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")

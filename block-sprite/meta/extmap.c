@@ -132,8 +132,10 @@ void sprite_extmap_set(SpriteExtmap *m, const SpriteExtent *e,
 bool sprite_extmap_find(SpriteExtmap *m, uint64_t off, SpriteExtent *out,
                         uint64_t *next)
 {
-    SpriteExtent *p = floor_ext(m, off);
-    GTreeNode *n;
+    /* One search: the first extent after @off, and the one before it. */
+    GTreeNode *up = g_tree_upper_bound(m->tree, &off);
+    GTreeNode *n = up ? g_tree_node_previous(up) : g_tree_node_last(m->tree);
+    SpriteExtent *p = n ? g_tree_node_value(n) : NULL;
 
     if (p && p->start + p->len > off) {
         *out = *p;
@@ -142,8 +144,7 @@ bool sprite_extmap_find(SpriteExtmap *m, uint64_t off, SpriteExtent *out,
         out->data_off += off - p->start;
         return true;
     }
-    n = g_tree_upper_bound(m->tree, &off);
-    *next = n ? ((SpriteExtent *)g_tree_node_value(n))->start : UINT64_MAX;
+    *next = up ? ((SpriteExtent *)g_tree_node_value(up))->start : UINT64_MAX;
     return false;
 }
 
