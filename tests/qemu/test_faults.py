@@ -161,7 +161,8 @@ class FaultsTest(unittest.TestCase):
     def test_writethrough_write_is_durable_when_acknowledged(self):
         """With the write cache off (qemu-io's default), a write is
         acknowledged only once it is on the store: also the first one
-        after a flush, which the block layer's FUA emulation skipped."""
+        after a flush, for which the block layer's FUA emulation issued no
+        flush."""
         w = Writer([QEMU_IO, "-t", "writethrough", "--image-opts",
                     f"driver=sprite,url={self.url}"], self.env)
         try:
