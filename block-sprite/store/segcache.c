@@ -651,6 +651,27 @@ static gpointer prefetch_main(gpointer opaque)
 }
 
 /* Called with c->lock held */
+static bool in_data(const CachedSeg *s, uint64_t data_off, uint64_t len)
+{
+    return data_off <= s->h->data_len && len <= s->h->data_len - data_off;
+}
+
+/*
+ * Read checked data of @s, which the caller pinned (s->users), without
+ * the cache's lock, so that reads of the cache run side by side.  Called
+ * with c->lock held; it is held again on return.
+ */
+static int pread_pinned(SpriteSegCache *c, CachedSeg *s, uint64_t data_off,
+                        uint64_t len, void *buf)
+{
+    int ret;
+
+    g_mutex_unlock(&c->lock);
+    ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
+    g_mutex_lock(&c->lock);
+    return ret;
+}
+
 static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
                          uint64_t len, void *buf, GError **errp)
 {
@@ -661,7 +682,7 @@ static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     if (ret < 0) {
         return ret;
     }
-    if (data_off > s->h->data_len || len > s->h->data_len - data_off) {
+    if (!in_data(s, data_off, len)) {
         g_set_error(errp, SPRITE_ERROR, EIO, "segment %016"
                     G_GINT64_MODIFIER "x: read past its data (corrupt "
                     "metadata)", seq);
@@ -674,11 +695,7 @@ static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     ret = fill_chunks(c, s, data_off / SPRITE_CHUNK_SIZE,
                       (data_off + len - 1) / SPRITE_CHUNK_SIZE, errp);
     if (ret == 0) {
-        /* The chunks are verified and @s is pinned: read without the
-         * lock, so that reads of the cache run side by side. */
-        g_mutex_unlock(&c->lock);
-        ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
-        g_mutex_lock(&c->lock);
+        ret = pread_pinned(c, s, data_off, len, buf);
         if (ret < 0) {
             g_autofree char *path = seg_path(c, seq);
             ret = io_error(-ret, errp, "read", path);
@@ -710,8 +727,7 @@ int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
         return -EAGAIN;
     }
     s = g_hash_table_lookup(c->segs, &seq);
-    if (!s || !s->h || s->fd < 0 || len == 0 ||
-        data_off > s->h->data_len || len > s->h->data_len - data_off) {
+    if (!s || !s->h || s->fd < 0 || len == 0 || !in_data(s, data_off, len)) {
         goto out;
     }
     for (i = data_off / SPRITE_CHUNK_SIZE;
@@ -722,9 +738,7 @@ int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
     }
     s->users++;
     touch(c, s);
-    g_mutex_unlock(&c->lock);
-    ret = pread_full(s->fd, buf, len, s->h->header_len + data_off);
-    g_mutex_lock(&c->lock);
+    ret = pread_pinned(c, s, data_off, len, buf);
     s->users--;
 out:
     g_mutex_unlock(&c->lock);

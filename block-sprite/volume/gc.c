@@ -92,24 +92,19 @@ static int list_seg_cb(const char *key, uint64_t size, void *opaque)
     return 0;
 }
 
-static int list_snap_cb(const char *key, uint64_t size, void *opaque)
+/* Sequence numbers parsed out of listed keys. */
+typedef struct SeqList {
+    bool (*parse)(const char *key, uint64_t *seq);
+    GArray *seqs;
+} SeqList;
+
+static int list_seq_cb(const char *key, uint64_t size, void *opaque)
 {
-    GArray *snaps = opaque;
+    SeqList *l = opaque;
     uint64_t seq;
 
-    if (sprite_key_parse_seq(key, &seq)) {
-        g_array_append_val(snaps, seq);
-    }
-    return 0;
-}
-
-static int list_pin_cb(const char *key, uint64_t size, void *opaque)
-{
-    GArray *pins = opaque;
-    uint64_t seq;
-
-    if (sprite_key_parse_pin(key, &seq)) {
-        g_array_append_val(pins, seq);
+    if (l->parse(key, &seq)) {
+        g_array_append_val(l->seqs, seq);
     }
     return 0;
 }
@@ -119,8 +114,10 @@ static int list_keys(Gc *g, GError **errp)
 {
     SpriteVolume *v = g->v;
     static const char *const dirs[] = { "seg", "meta", "pin" };
-    SpriteObjstoreListFn fns[] = { list_seg_cb, list_snap_cb, list_pin_cb };
-    gpointer opaques[] = { g, g->snaps, g->pins };
+    SeqList snaps = { sprite_key_parse_seq, g->snaps };
+    SeqList pins = { sprite_key_parse_pin, g->pins };
+    SpriteObjstoreListFn fns[] = { list_seg_cb, list_seq_cb, list_seq_cb };
+    gpointer opaques[] = { g, &snaps, &pins };
     int i, ret;
 
     for (i = 0; i < 3; i++) {

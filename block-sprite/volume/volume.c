@@ -406,6 +406,14 @@ static int lock_cache_dir(SpriteVolume *v, GError **errp)
     return 0;
 }
 
+/* The path of log file @i (0 or 1). */
+static char *log_path(SpriteVolume *v, int i)
+{
+    g_autofree char *name = g_strdup_printf("log.%d", i);
+
+    return g_build_filename(v->dir, name, NULL);
+}
+
 /*
  * Create (or empty: what a previous life left was never acknowledged as
  * durable) the two log files; the first takes writes.
@@ -415,8 +423,7 @@ static int open_logs(SpriteVolume *v, GError **errp)
     int i;
 
     for (i = 0; i < 2; i++) {
-        g_autofree char *name = g_strdup_printf("log.%d", i);
-        g_autofree char *path = g_build_filename(v->dir, name, NULL);
+        g_autofree char *path = log_path(v, i);
 
         v->log_fd[i] = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
                             0600);
@@ -2058,8 +2065,7 @@ static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
 static void cache_sealed(SpriteVolume *v, Sealed *sl)
 {
     int i = sl->fd == v->log_fd[1];
-    g_autofree char *name = g_strdup_printf("log.%d", i);
-    g_autofree char *path = g_build_filename(v->dir, name, NULL);
+    g_autofree char *path = log_path(v, i);
     g_autofree char *next = g_strconcat(path, ".next", NULL);
     off_t cut = PEND_RESERVE - (off_t)sl->h->header_len;
     int fd;
