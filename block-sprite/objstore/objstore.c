@@ -31,14 +31,6 @@ int sprite_objstore_fail(GError **errp, int err, const char *fmt, ...)
     return -err;
 }
 
-static int objstore_prefix_error(SpriteObjstore *os, int ret, GError **errp)
-{
-    if (ret < 0 && errp && *errp) {
-        g_prefix_error(errp, "%s: ", os->description);
-    }
-    return ret;
-}
-
 /* Retries: exponential backoff with jitter within a time budget. */
 typedef struct Backoff {
     gint64 deadline;            /* g_get_monotonic_time() */
@@ -203,7 +195,20 @@ const char *sprite_objstore_describe(SpriteObjstore *os)
 
 int sprite_objstore_check(SpriteObjstore *os, GError **errp)
 {
-    return objstore_prefix_error(os, os->ops->check(os, errp), errp);
+    GError *local = NULL;
+    Backoff b;
+    int ret;
+
+    /*
+     * A server that answers 5xx is retried like every other request
+     * (s3rver does under load); one that does not answer fails at once,
+     * so that a wrong endpoint is reported without waiting.
+     */
+    backoff_init(os, &b);
+    do {
+        ret = os->ops->check(os, &local);
+    } while (ret == -EIO && backoff_retry(&b, ret, &local));
+    return finish(os, ret, local, errp);
 }
 
 int sprite_objstore_get(SpriteObjstore *os, const char *key,
