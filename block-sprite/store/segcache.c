@@ -27,6 +27,8 @@
 #define FETCH_PIECE (2u << 20)
 /* ...on up to this many threads. */
 #define FETCH_THREADS 4
+/* Runs fetched ahead of a sequential reader at once. */
+#define PREFETCHERS 2
 /* Fetches of a chunk that fails its checksum before it is an error. */
 #define REFETCHES 2
 
@@ -41,6 +43,7 @@ typedef struct CachedSeg {
     unsigned users;             /* reads in progress: not to be evicted */
     uint32_t next;              /* the chunk after the last fetch */
     uint32_t ahead;             /* the read-ahead of the last fetch */
+    uint32_t trigger;           /* a read here prefetches the next run */
     uint64_t bytes;             /* bytes accounted to the cache */
     GList link;                 /* in the LRU list, data = this */
 } CachedSeg;
@@ -62,16 +65,22 @@ struct SpriteSegCache {
     GQueue lru;                 /* head: least recently used */
 
     /*
-     * The prefetcher fetches the run of chunks after a sequential read's
-     * fetch while the reader consumes it: one request, the newest.
+     * The prefetchers fetch the run of chunks after a sequential read's
+     * fetch while the reader consumes it, and the run after that as soon
+     * as the reader reaches the run prefetched last (CachedSeg.trigger),
+     * so that PREFETCHERS runs are fetched at once.  Requests wait in
+     * @prefetch_q, the oldest dropped beyond PREFETCHERS.
      */
-    GThread *prefetcher;
+    GThread *prefetchers[PREFETCHERS];
     GCond prefetch_wake;
     bool prefetch_stop;
-    bool prefetch_due;
-    uint64_t prefetch_seq;
-    uint32_t prefetch_first, prefetch_last;
+    GQueue prefetch_q;          /* of PrefetchReq */
 };
+
+typedef struct PrefetchReq {
+    uint64_t seq;
+    uint32_t first, last;
+} PrefetchReq;
 
 static char *seg_path(SpriteSegCache *c, uint64_t seq)
 {
@@ -105,6 +114,7 @@ static CachedSeg *add_seg(SpriteSegCache *c, uint64_t seq, uint64_t bytes)
 
     s->seq = seq;
     s->fd = -1;
+    s->trigger = UINT32_MAX;
     s->bytes = bytes;
     s->link.data = s;
     c->used += bytes;
@@ -153,6 +163,7 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
     SpriteSegCache *c;
     DIR *d;
     struct dirent *de;
+    int i;
 
     if (g_mkdir_with_parents(dir, 0700) < 0) {
         int err = errno;
@@ -186,7 +197,9 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
     if (d) {
         closedir(d);
     }
-    c->prefetcher = g_thread_new("sprite-prefetch", prefetch_main, c);
+    for (i = 0; i < PREFETCHERS; i++) {
+        c->prefetchers[i] = g_thread_new("sprite-prefetch", prefetch_main, c);
+    }
     *out = c;
     return 0;
 }
@@ -194,11 +207,16 @@ int sprite_segcache_open(SpriteObjstore *os, const char *volume,
 void sprite_segcache_close(SpriteSegCache *c)
 {
     if (c) {
+        int i;
+
         g_mutex_lock(&c->lock);
         c->prefetch_stop = true;
-        g_cond_signal(&c->prefetch_wake);
+        g_cond_broadcast(&c->prefetch_wake);
         g_mutex_unlock(&c->lock);
-        g_thread_join(c->prefetcher);
+        for (i = 0; i < PREFETCHERS; i++) {
+            g_thread_join(c->prefetchers[i]);
+        }
+        g_queue_clear_full(&c->prefetch_q, g_free);
         g_hash_table_destroy(c->segs);
         g_mutex_clear(&c->lock);
         g_cond_clear(&c->fetched);
@@ -555,6 +573,30 @@ static int fetch_locked(SpriteSegCache *c, CachedSeg *s, uint32_t i,
 }
 
 /*
+ * Prefetch the run of s->ahead chunks from s->next.  Called with c->lock
+ * held.
+ */
+static void prefetch_next_run(SpriteSegCache *c, CachedSeg *s)
+{
+    if (!s->ahead || s->next >= s->h->nchunks) {
+        s->trigger = UINT32_MAX;
+        return;
+    }
+    PrefetchReq *r = g_new(PrefetchReq, 1);
+
+    r->seq = s->seq;
+    r->first = s->next;
+    r->last = MIN(s->h->nchunks - 1, (uint64_t)s->next + s->ahead - 1);
+    g_queue_push_tail(&c->prefetch_q, r);
+    if (c->prefetch_q.length > PREFETCHERS) {
+        g_free(g_queue_pop_head(&c->prefetch_q));
+    }
+    s->trigger = s->next;
+    s->next = r->last + 1;
+    g_cond_signal(&c->prefetch_wake);
+}
+
+/*
  * Make chunks [@first, @last] of @s present and verified.  Called with
  * c->lock held and @s pinned (s->users); drops the lock while fetching.
  */
@@ -569,6 +611,11 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         uint32_t j, end, good;
         int ret;
 
+        if (i == s->trigger) {
+            /* Still sequential: read further ahead. */
+            s->ahead = MIN(s->ahead * 2, READAHEAD_MAX);
+            prefetch_next_run(c, s);
+        }
         if (s->verified[i] == CHUNK_VERIFIED) {
             i++;
             continue;
@@ -586,8 +633,12 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
             i++;
             continue;
         }
-        /* Fetch a run of missing chunks, reading ahead past @last. */
-        s->ahead = i != s->next ? 0 :
+        /*
+         * Fetch a run of missing chunks, reading ahead past @last when
+         * the read is sequential: it starts where the last fetch ended,
+         * or overtook the prefetcher.
+         */
+        s->ahead = i != s->next && (i < s->trigger || i > s->next) ? 0 :
                    MIN(MAX(s->ahead * 2, READAHEAD_START), READAHEAD_MAX);
         end = MIN(h->nchunks - 1, (uint64_t)last + s->ahead);
         for (j = i + 1; j <= end && s->verified[j] == CHUNK_UNKNOWN; j++) {
@@ -599,15 +650,9 @@ static int fill_chunks(SpriteSegCache *c, CachedSeg *s, uint32_t first,
         if (ret < 0) {
             return ret;
         }
-        if (s->ahead && good + 1 < h->nchunks) {
-            /* Sequential: fetch the next run while this one is read. */
-            c->prefetch_seq = s->seq;
-            c->prefetch_first = good + 1;
-            c->prefetch_last = MIN(h->nchunks - 1, (uint64_t)good + s->ahead);
-            c->prefetch_due = true;
-            s->next = c->prefetch_last + 1;
-            g_cond_signal(&c->prefetch_wake);
-        }
+        /* Sequential: fetch the next run while this one is read. */
+        s->next = good + 1;
+        prefetch_next_run(c, s);
         i = good + 1;
     }
     return 0;
@@ -619,27 +664,28 @@ static gpointer prefetch_main(gpointer opaque)
 
     g_mutex_lock(&c->lock);
     while (!c->prefetch_stop) {
+        g_autofree PrefetchReq *r = NULL;
         CachedSeg *s;
         uint32_t i, end, good;
 
-        if (!c->prefetch_due) {
+        r = g_queue_pop_head(&c->prefetch_q);
+        if (!r) {
             g_cond_wait(&c->prefetch_wake, &c->lock);
             continue;
         }
-        c->prefetch_due = false;
-        s = g_hash_table_lookup(c->segs, &c->prefetch_seq);
+        s = g_hash_table_lookup(c->segs, &r->seq);
         if (!s || !s->h) {
             continue;       /* evicted meanwhile */
         }
-        i = c->prefetch_first;
-        while (i <= c->prefetch_last && s->verified[i] != CHUNK_UNKNOWN) {
+        i = r->first;
+        while (i <= r->last && s->verified[i] != CHUNK_UNKNOWN) {
             i++;
         }
-        for (end = i; end < c->prefetch_last &&
+        for (end = i; end < r->last &&
              s->verified[end + 1] == CHUNK_UNKNOWN; end++) {
             /* the run of chunks nobody has or fetches */
         }
-        if (i <= c->prefetch_last) {
+        if (i <= r->last) {
             s->users++;
             /* A failure only leaves the chunks to the reader. */
             fetch_locked(c, s, i, end, i, &good, NULL);
@@ -732,7 +778,8 @@ int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
     }
     for (i = data_off / SPRITE_CHUNK_SIZE;
          i <= (data_off + len - 1) / SPRITE_CHUNK_SIZE; i++) {
-        if (s->verified[i] != CHUNK_VERIFIED) {
+        /* At the trigger, the slow path prefetches the next run. */
+        if (s->verified[i] != CHUNK_VERIFIED || i == s->trigger) {
             goto out;
         }
     }
