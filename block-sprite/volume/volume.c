@@ -1465,8 +1465,9 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
     int ret = log_write(v, v->pend_fd, iov, iovcnt, len, at, errp);
 
     if (ret < 0) {
-        /* A hole that nothing maps: harmless. */
+        /* Nobody took room after it (v->lock is held): give it back. */
         __atomic_sub_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+        v->pend_len = at;
         return ret;
     }
     *data_off = at;
@@ -1496,8 +1497,30 @@ static void maybe_flush(SpriteVolume *v)
     }
 }
 
-int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
-                         const struct iovec *iov, int iovcnt, GError **errp)
+/*
+ * The cache directory is full (or the log reached the file size limit):
+ * a flush uploads what the log holds and empties it, which makes room.
+ */
+static bool out_of_room(int ret)
+{
+    return ret == -ENOSPC || ret == -EFBIG || ret == -EDQUOT;
+}
+
+/*
+ * Make room after out_of_room(@ret) by flushing, and say whether to try
+ * again (then *@errp is cleared).  Called with neither lock held.
+ */
+static bool flush_for_room(SpriteVolume *v, int ret, GError **errp)
+{
+    if (!out_of_room(ret) || flush_volume(v, NULL) < 0) {
+        return false;
+    }
+    g_clear_error(errp);
+    return true;
+}
+
+static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
+                      const struct iovec *iov, int iovcnt, GError **errp)
 {
     SpriteRecord r = { .offset = offset, .length = len,
                        .kind = SPRITE_REC_DATA };
@@ -1532,6 +1555,10 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
         add_record(v, &r);
     } else {
         __atomic_sub_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
+        /* Give the room back unless a later write took room after it. */
+        if (fd == v->pend_fd && r.data_off + len == v->pend_len) {
+            v->pend_len = r.data_off;
+        }
     }
     if (--v->pend_writers == 0) {
         g_cond_broadcast(&v->pend_idle);
@@ -1539,6 +1566,17 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
     g_mutex_unlock(&v->lock);
     if (ret == 0) {
         maybe_flush(v);
+    }
+    return ret;
+}
+
+int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                         const struct iovec *iov, int iovcnt, GError **errp)
+{
+    int ret = write_data(v, offset, len, iov, iovcnt, errp);
+
+    if (ret < 0 && flush_for_room(v, ret, errp)) {
+        ret = write_data(v, offset, len, iov, iovcnt, errp);
     }
     return ret;
 }
@@ -1825,6 +1863,12 @@ int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
         ret = vm_cut(v, false, errp);
     }
     g_mutex_unlock(&v->lock);
+    if (ret < 0 && flush_for_room(v, ret, errp)) {
+        /* The buffer still holds what was not stored. */
+        g_mutex_lock(&v->lock);
+        ret = vm_cut(v, false, errp);
+        g_mutex_unlock(&v->lock);
+    }
     if (ret == 0) {
         maybe_flush(v);
     }
@@ -2568,6 +2612,18 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
     if (ck->vm_state_size > SPRITE_VMSTATE_SIZE) {
         return check_vmstate_range(0, ck->vm_state_size, errp);
     }
+    /* Store the end of the VM state stream, making room if need be. */
+    g_mutex_lock(&v->lock);
+    ret = vm_cut(v, true, errp);
+    g_mutex_unlock(&v->lock);
+    if (ret < 0 && flush_for_room(v, ret, errp)) {
+        g_mutex_lock(&v->lock);
+        ret = vm_cut(v, true, errp);
+        g_mutex_unlock(&v->lock);
+    }
+    if (ret < 0) {
+        return ret;
+    }
     g_mutex_lock(&v->lock);
     ret = check_writable(v, errp);
     if (ret < 0) {
@@ -2577,11 +2633,6 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
         g_set_error(errp, SPRITE_ERROR, EEXIST, "volume '%s' already has a "
                     "checkpoint named '%s'", v->url_str, ck->name);
         ret = -EEXIST;
-        goto out;
-    }
-    /* The end of the VM state stream. */
-    ret = vm_cut(v, true, errp);
-    if (ret < 0) {
         goto out;
     }
     c = g_new0(Ckpt, 1);

@@ -188,6 +188,45 @@ class CheckpointTest(unittest.TestCase):
                    wait_ready=False) as g:
             self.assertEqual(counters(g), (3, 3, blob))
 
+    def test_cache_full_mid_checkpoint(self):
+        """The cache directory runs out of room while savevm streams: the
+        driver uploads what its log holds to make room, and the checkpoint
+        completes.  A file size limit on QEMU (8 MiB, far below the VM
+        state) stands in for a full disk: writes past it fail with EFBIG
+        as they would with ENOSPC.  On radosgw, so that the store's own
+        objects are not files of this process."""
+        url, env = self.volume("rgw", "full")
+        limit = 8 << 20
+        qemu = self.tmp / "qemu-limited"
+        qemu.write_text("#!/bin/sh\ntrap '' XFSZ\n"
+                        f"exec prlimit --fsize={limit} "
+                        f"{REPO / 'build' / 'qemu' / 'qemu-system-x86_64'} "
+                        '"$@"\n')
+        qemu.chmod(0o755)
+        with Guest(self.disk(url, "cache1"), env=env, qemu=qemu) as g:
+            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=16 "
+                    "2>/dev/null")
+            g.check(SET.format(n=1))
+            _, _, blob = counters(g)
+            self.assertIsNone(run_job(g, "snapshot-save", tag="c1",
+                                      vmstate="d0", devices=["d0"]))
+            (c1,) = checkpoints(g)
+            self.assertGreater(c1["added-bytes"], 2 * limit)
+            g.check(SET.format(n=2))
+            self.assertEqual(counters(g), (2, 2, blob))
+            self.assertIsNone(run_job(g, "snapshot-load", tag="c1",
+                                      vmstate="d0", devices=["d0"]))
+            self.assertEqual(counters(g), (1, 1, blob))
+            wait_durable(g)
+        # No file in the cache grew past the limit: it was in force.
+        sizes = [f.stat().st_size for f in (self.tmp / "cache1").rglob("*")
+                 if f.is_file()]
+        self.assertLessEqual(max(sizes), limit)
+        # Another host restores it from the store.
+        with Guest(self.disk(url, "cache2") + ["-loadvm", "c1"], env=env,
+                   wait_ready=False) as g:
+            self.assertEqual(counters(g), (1, 1, blob))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
