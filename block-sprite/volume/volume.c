@@ -2390,6 +2390,22 @@ static void iov_from_buf(const struct iovec *iov, int iovcnt, uint64_t pos,
     }
 }
 
+/* Where bytes [@pos, @pos + @len) of @iov are, if in one element. */
+static uint8_t *iov_span(const struct iovec *iov, int iovcnt, uint64_t pos,
+                         uint64_t len)
+{
+    int i;
+
+    for (i = 0; i < iovcnt; i++) {
+        if (pos < iov[i].iov_len) {
+            return len <= iov[i].iov_len - pos ?
+                   (uint8_t *)iov[i].iov_base + pos : NULL;
+        }
+        pos -= iov[i].iov_len;
+    }
+    return NULL;
+}
+
 /* Called with v->lock held; drops it while reading a durable segment. */
 static int read_piece(SpriteVolume *v, const SpriteExtent *e, uint8_t *buf,
                       bool nowait, GError **errp)
@@ -2456,10 +2472,17 @@ static int read_data(SpriteVolume *v, uint64_t offset, uint64_t len,
         if (resolve(v, at, len - pos, &e, &n)) {
             n = e.len;
             if (e.kind == SPRITE_EXT_DATA) {
-                buf = g_realloc(buf, n);
-                ret = read_piece(v, &e, buf, nowait, errp);
-                if (ret == 0) {
-                    iov_from_buf(iov, iovcnt, pos, buf, n);
+                /* Straight into the caller's buffer when it can. */
+                uint8_t *dst = iov_span(iov, iovcnt, pos, n);
+
+                if (dst) {
+                    ret = read_piece(v, &e, dst, nowait, errp);
+                } else {
+                    buf = g_realloc(buf, n);
+                    ret = read_piece(v, &e, buf, nowait, errp);
+                    if (ret == 0) {
+                        iov_from_buf(iov, iovcnt, pos, buf, n);
+                    }
                 }
             } else {
                 iov_from_buf(iov, iovcnt, pos, NULL, n);
