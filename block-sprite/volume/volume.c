@@ -2099,11 +2099,13 @@ static int build_sealed(SpriteVolume *v, Sealed *sl, GError **errp)
 }
 
 /*
- * Give the cache its copy of @sl, uploaded: for a large segment, the
- * sealed log file itself when the file system can cut the room before
- * the header off it (the file is then the object), with a new log file
- * in its place; else a copy.  Cutting writes the file back to disk
- * first (ext4), which costs a small flush more than the copy it saves.
+ * Give the cache its copy of @sl, uploaded: for a large segment that
+ * changes the disk, the sealed log file itself when the file system can
+ * cut the room before the header off it (the file is then the object),
+ * with a new log file in its place; else a copy.  Cutting writes the
+ * file back to disk first (ext4), which costs a small flush more than
+ * the copy it saves, and drops the file from the page cache: VM state
+ * alone (savevm), which loadvm reads back soon, is copied.
  * Called with v->lock held (readers of the sealed log hold it).
  */
 static void cache_sealed(SpriteVolume *v, Sealed *sl)
@@ -2114,7 +2116,7 @@ static void cache_sealed(SpriteVolume *v, Sealed *sl)
     off_t cut = PEND_RESERVE - (off_t)sl->h->header_len;
     int fd;
 
-    if (!sl->mapped || sl->h->data_len < ADOPT_MIN ||
+    if (!sl->mapped || !sl->disk || sl->h->data_len < ADOPT_MIN ||
         (cut && fallocate(sl->fd, FALLOC_FL_COLLAPSE_RANGE, 0, cut) < 0)) {
         sprite_segcache_insert(v->cache, sl->h->seq, sl->obj, sl->len, NULL);
         return;
