@@ -112,6 +112,7 @@ struct SpriteVolume {
     /* Deduplication of the VM state (volume.c), protected by @lock */
     GByteArray *vm_buf;         /* the stream from @vm_pos, not all stored */
     uint64_t vm_pos;
+    bool vm_in_place;           /* the stream broke off: writes go in place */
     size_t vm_start;            /* the first byte of @vm_buf not stored */
     size_t vm_scanned;          /* the chunker's position in @vm_buf */
     SpriteChunker vm_chunker;

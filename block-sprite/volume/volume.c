@@ -1593,8 +1593,16 @@ static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
 }
 
 /*
- * VM state.  savevm writes its stream in order from position 0.  The
- * volume cuts it into content-defined chunks (store/chunker.h) and keeps
+ * VM state.  savevm writes a stream in order from position 0.  In
+ * QEMU's mapped-ram layout (which our QEMU uses for a volume, since its
+ * VM state area survives checkpoints: SpriteVolume keeps it as the
+ * checkpoint's, copy-on-write) the stream soon jumps past the RAM and
+ * RAM pages are written at fixed offsets, only those that changed since
+ * the last savevm or loadvm.  Writes from where the stream broke off
+ * until it starts again at 0 are stored in place, as disk writes are.
+ *
+ * The stream itself (all of it without mapped-ram) the volume cuts
+ * into content-defined chunks (store/chunker.h) and keeps
  * an index of the chunks of the newest checkpoint's VM state (the one
  * taken last, or gone to last when the database lists its chunks: the
  * process that took it saves them there), and of the stream being
@@ -1835,6 +1843,75 @@ static int vm_end_stream(SpriteVolume *v, GError **errp)
     return ret;
 }
 
+/* Store one piece of VM state in place (see vm_write_in_place()). */
+static int vm_store_in_place(SpriteVolume *v, uint64_t pos, uint64_t len,
+                             const struct iovec *iov, int iovcnt,
+                             GError **errp)
+{
+    SpriteRecord r = { .offset = SPRITE_VMSTATE_BASE + pos, .length = len,
+                       .kind = SPRITE_REC_DATA };
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0 && !v->vm_in_place) {
+        ret = vm_end_stream(v, errp);
+        v->vm_in_place = ret == 0;
+    }
+    if (ret == 0) {
+        ret = pend_append(v, iov, iovcnt, len, &r.data_off, errp);
+    }
+    if (ret == 0) {
+        add_record(v, &r);
+    }
+    g_mutex_unlock(&v->lock);
+    return ret;
+}
+
+/* A VM state write in place is stored in pieces of at most this size,
+ * each of which a full cache directory makes room for (flush_for_room). */
+#define IN_PLACE_PIECE (1u << 20)
+
+/*
+ * Store @len bytes of VM state from @iov at @pos where they land, after
+ * what the stream buffer holds.  Called with neither lock held; the
+ * caller checked the range.
+ */
+static int vm_write_in_place(SpriteVolume *v, uint64_t pos, uint64_t len,
+                             const struct iovec *iov, int iovcnt,
+                             GError **errp)
+{
+    struct iovec piece[IOV_MAX];
+    uint64_t done = 0, skip = 0;
+    int i = 0, ret = 0;
+
+    while (ret == 0 && done < len) {
+        uint64_t n = 0;
+        int k = 0;
+
+        /* The next piece of @iov, from byte @skip of iov[i]. */
+        while (n < IN_PLACE_PIECE && done + n < len && k < IOV_MAX) {
+            size_t m = MIN(iov[i].iov_len - skip,
+                           MIN(IN_PLACE_PIECE - n, len - done - n));
+
+            piece[k++] = (struct iovec){ (uint8_t *)iov[i].iov_base + skip,
+                                         m };
+            n += m;
+            skip += m;
+            if (skip == iov[i].iov_len) {
+                i++;
+                skip = 0;
+            }
+        }
+        ret = vm_store_in_place(v, pos + done, n, piece, k, errp);
+        if (ret < 0 && flush_for_room(v, ret, errp)) {
+            ret = vm_store_in_place(v, pos + done, n, piece, k, errp);
+        }
+        done += n;
+    }
+    return ret;
+}
+
 int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
                                  const struct iovec *iov, int iovcnt,
                                  GError **errp)
@@ -1849,9 +1926,17 @@ int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
     g_assert(iov_len(iov, iovcnt) >= len);
     g_mutex_lock(&v->lock);
     ret = check_writable(v, errp);
-    if (ret == 0 && pos != v->vm_pos + v->vm_buf->len) {
+    if (ret == 0 && pos != 0 &&
+        (v->vm_in_place || pos != v->vm_pos + v->vm_buf->len)) {
+        g_mutex_unlock(&v->lock);
+        ret = vm_write_in_place(v, pos, len, iov, iovcnt, errp);
+        goto out;
+    }
+    if (ret == 0 && (pos != v->vm_pos + v->vm_buf->len || v->vm_in_place)) {
+        /* A new stream, at 0. */
         ret = vm_end_stream(v, errp);
         v->vm_pos = pos;
+        v->vm_in_place = false;
     }
     for (i = 0; ret == 0 && done < len; i++) {
         size_t n = MIN(iov[i].iov_len, len - done);
@@ -1869,6 +1954,7 @@ int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
         ret = vm_cut(v, false, errp);
         g_mutex_unlock(&v->lock);
     }
+out:
     if (ret == 0) {
         maybe_flush(v);
     }
@@ -2606,27 +2692,12 @@ static SpriteExtmap *live_view(SpriteVolume *v)
     return m;
 }
 
-/* Where the VM state area of @v ends (SPRITE_VMSTATE_BASE: empty).
- * Called with v->lock held. */
-static uint64_t vmstate_end(SpriteVolume *v)
-{
-    SpriteExtmap *layers[3];
-    int i, n = view_layers(v, layers);
-    uint64_t end = v->base ? vmstate_end(v->base) : SPRITE_VMSTATE_BASE;
-
-    for (i = 0; i < n; i++) {
-        end = MAX(end, sprite_extmap_end(layers[i]));
-    }
-    return end;
-}
-
 int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
                                     GError **errp)
 {
     SpriteRecord r = { .kind = SPRITE_REC_CHECKPOINT };
     g_autofree char *text = NULL;
     Ckpt *c;
-    uint64_t end;
     guint i;
     int ret;
 
@@ -2686,14 +2757,12 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
     c->map = live_view(v);
     g_array_append_val(v->records, r);
 
-    /* The VM state now belongs to the checkpoint: clear the live area. */
-    end = vmstate_end(v);
-    if (end > SPRITE_VMSTATE_BASE) {
-        SpriteRecord z = { .offset = SPRITE_VMSTATE_BASE,
-                           .length = end - SPRITE_VMSTATE_BASE,
-                           .kind = SPRITE_REC_ZERO };
-        add_record(v, &z);
-    }
+    /*
+     * The live VM state area stays as it is, now shared with the
+     * checkpoint: the next savevm rewrites only what changed.  The next
+     * stream starts at 0 again.
+     */
+    v->vm_in_place = false;
     g_mutex_lock(&v->ckpt_lock);
     g_ptr_array_add(v->ckpts, c);
     g_mutex_unlock(&v->ckpt_lock);
@@ -2753,6 +2822,7 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     /* The checkpoint's VM state replaces any stream not yet stored. */
     g_byte_array_set_size(v->vm_buf, 0);
     v->vm_start = v->vm_scanned = 0;
+    v->vm_in_place = false;
     sprite_chunker_reset(&v->vm_chunker);
     g_hash_table_remove_all(v->vm_stream);
     vm_index_load(v, c->pub.id);

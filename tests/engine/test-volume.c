@@ -448,14 +448,14 @@ static void test_checkpoints(gconstpointer data)
     g_assert_cmpuint(c1.id, ==, 1);
     m1 = g_memdup2(model, size);
 
-    /* Listed; the live VM state area is empty again. */
+    /* Listed; the live VM state area still reads as its VM state. */
     sprite_volume_checkpoint_list(v, &cks, &n);
     g_assert_cmpuint(n, ==, 1);
     g_assert_cmpstr(cks[0].name, ==, "first");
     g_assert_cmpuint(cks[0].vm_state_size, ==, vmlen);
     g_assert_cmpuint(cks[0].added_bytes, >=, vmlen);
     sprite_checkpoints_free(cks, n);
-    vmstate_equal(v, zeroes, vmlen);
+    vmstate_equal(v, vm1, vmlen);
 
     /* The shipper makes it durable without a flush, writes included. */
     wait_durable(v, "first");
@@ -1185,6 +1185,97 @@ static gpointer checker_main(gpointer opaque)
  * writers on several threads while flushes seal the log under them; at
  * the end every block holds its last version, warm and from the store.
  */
+/* Write @n bytes of @vm at @pos of the VM state area, in one call. */
+static void put_vmstate(SpriteVolume *v, const uint8_t *vm, uint64_t pos,
+                        uint64_t n)
+{
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { (uint8_t *)vm + pos, n };
+
+    g_assert_cmpint(sprite_volume_vmstate_writev(v, pos, n, &iov, 1, &err),
+                    ==, 0);
+}
+
+/*
+ * VM state written as QEMU's mapped-ram savevm does: a stream from 0
+ * that jumps past the RAM, pages at fixed offsets (here 4 MiB in one
+ * write), a bitmap written back near the start.  Writes away from the
+ * stream are stored in place, and the area still reads as the
+ * checkpoint's after it, so that a second savevm writing a few pages
+ * stores only those.
+ */
+static void test_vmstate_in_place(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t P = 1 << 20, RAM = 4 << 20, len = P + RAM + 8192;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *m1 = g_malloc0(len);
+    g_autofree uint8_t *m2 = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(12);
+    SpriteCheckpoint c1 = { .name = (char *)"c1", .icount = -1 };
+    SpriteCheckpoint c2 = { .name = (char *)"c2", .icount = -1 };
+    SpriteVolume *v;
+    int i;
+
+    o.gc_grace_ms = -1;
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
+                    0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    fill_random(r, m1, 3000);                       /* header stream */
+    fill_random(r, m1 + P, RAM);                    /* pages */
+    fill_random(r, m1 + P + RAM, 8192);             /* device state */
+    fill_random(r, m1 + 4096, 512);                 /* bitmap */
+    put_vmstate(v, m1, 0, 1000);
+    put_vmstate(v, m1, 1000, 2000);
+    put_vmstate(v, m1, P, RAM);
+    put_vmstate(v, m1, P + RAM, 8192);
+    put_vmstate(v, m1, 4096, 512);
+    c1.vm_state_size = 3000 + RAM + 8192 + 512;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c1"), >=, RAM);
+    vmstate_equal(v, m1, len);
+
+    /* The next savevm: a new stream, three pages, the bitmap. */
+    m2 = g_memdup2(m1, len);
+    fill_random(r, m2, 3000);
+    for (i = 0; i < 3; i++) {
+        fill_random(r, m2 + P + (uint64_t)i * 1234567 / 4096 * 4096, 4096);
+    }
+    fill_random(r, m2 + 4096, 512);
+    put_vmstate(v, m2, 0, 3000);
+    for (i = 0; i < 3; i++) {
+        put_vmstate(v, m2, P + (uint64_t)i * 1234567 / 4096 * 4096, 4096);
+    }
+    put_vmstate(v, m2, 4096, 512);
+    c2.vm_state_size = 3000 + 3 * 4096 + 512;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
+    g_assert_cmpuint(added_bytes(v, "c2"), <, 64 << 10);
+    vmstate_equal(v, m2, len);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_equal(v, m1, len);
+    sprite_volume_close(v);
+
+    /* From the store alone; c2 still reads right once c1 is collected. */
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
+    vmstate_equal(v, m2, len);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err),
+                    ==, 0);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    gc_ok(v, true);
+    sprite_volume_close(v);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
+    vmstate_equal(v, m2, len);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 static void test_concurrent_writers(gconstpointer data)
 {
     const Backend *b = data;
@@ -1615,15 +1706,15 @@ int main(int argc, char **argv)
                             "errors", "corrupt", "newer-format",
                             "lease-expiry", "concurrent", "checkpoints",
                             "gc", "gc-readers", "gc-race",
-                            "vmstate-dedup", "concurrent-writers",
-                            "try-read" };
+                            "vmstate-dedup", "vmstate-in-place",
+                            "concurrent-writers", "try-read" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
                             test_concurrent, test_checkpoints, test_gc,
                             test_gc_readers, test_gc_race,
-                            test_vmstate_dedup, test_concurrent_writers,
-                            test_try_read };
+                            test_vmstate_dedup, test_vmstate_in_place,
+                            test_concurrent_writers, test_try_read };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

@@ -177,10 +177,11 @@ int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
                                 GError **errp);
 
 /*
- * Take checkpoint @ck->name with the VM state written so far (its first
- * @ck->vm_state_size bytes; the VM state area is empty afterwards).  The
- * dates are recorded as given; @ck->id is set.  -EEXIST if the name is
- * taken.
+ * Take checkpoint @ck->name with the VM state area as written so far
+ * (@ck->vm_state_size, what savevm wrote for it, is recorded as given).
+ * The area goes on reading the same until it is written again, so that
+ * a savevm can rewrite only what changed.  The dates are recorded as
+ * given; @ck->id is set.  -EEXIST if the name is taken.
  */
 int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
                                     GError **errp);

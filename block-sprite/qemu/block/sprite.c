@@ -48,6 +48,7 @@
 typedef struct BDRVSpriteState {
     SpriteVolume *vol;      /* thread-safe: libsprite serialises */
     char *url;
+    uint64_t vmstate_id;    /* BlockDriverInfo.vmstate_persistent_id */
 } BDRVSpriteState;
 
 static QemuOptsList runtime_opts = {
@@ -236,6 +237,8 @@ static int sprite_open(BlockDriverState *bs, QDict *options, int flags,
     o.read_only = !(flags & BDRV_O_RDWR);
 
     ret = sprite_volume_open(&o, &s->vol, &err);
+    /* A new name for the VM state area each time it is opened. */
+    s->vmstate_id = ((uint64_t)g_random_int() << 32 | g_random_int()) | 1;
     if (ret < 0) {
         sprite_error_propagate(errp, err);
         goto out;
@@ -572,6 +575,20 @@ sprite_co_get_allocated_file_size(BlockDriverState *bs)
 /* ------------------------------------------------------------------ */
 /* Checkpoints: internal snapshots and the VM state */
 
+static int coroutine_fn
+sprite_co_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    BDRVSpriteState *s = bs->opaque;
+
+    /*
+     * Taking or going to a checkpoint leaves the VM state area reading as
+     * the checkpoint's (copy-on-write, as the disk): savevm writes RAM at
+     * fixed offsets there, and only what changed since.
+     */
+    bdi->vmstate_persistent_id = s->vmstate_id;
+    return 0;
+}
+
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_save_vmstate(BlockDriverState *bs, QEMUIOVector *qiov, int64_t pos)
 {
@@ -778,6 +795,7 @@ static const char *const sprite_strong_runtime_opts[] = {
         .bdrv_co_pdiscard           = sprite_co_pdiscard,               \
         .bdrv_co_flush_to_disk      = sprite_co_flush,                  \
         .bdrv_co_block_status       = sprite_co_block_status,           \
+        .bdrv_co_get_info           = sprite_co_get_info,               \
         .bdrv_co_save_vmstate       = sprite_co_save_vmstate,           \
         .bdrv_co_load_vmstate       = sprite_co_load_vmstate,           \
         .bdrv_snapshot_create       = sprite_snapshot_create,           \
