@@ -114,6 +114,8 @@ def one_rep(d: Disk, p: dict, log) -> dict:
         g.check(f"dd if=/dev/urandom of=/tmp/blob bs=1M count={p['blob']} "
                 "2>/dev/null")
         g.check("echo 1 >/tmp/counter")
+        # Not the write-back of what an earlier rep left dirty.
+        os.sync()
         out["save"] = hmp_s(g, "savevm c1")
         out["durable"] = wait_durable(g, "c1") if d.prefix else 0.0
         g.check("dd if=/dev/urandom of=/tmp/small bs=1M count=1 2>/dev/null")
