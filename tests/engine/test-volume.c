@@ -1040,6 +1040,27 @@ static uint64_t added_bytes(SpriteVolume *v, const char *name)
  * after reopening with an empty cache and after the one it shares with
  * was deleted and garbage collected.
  */
+/*
+ * Collect garbage (compacting too), then read checkpoint @name's VM state
+ * from the store alone: it must be @vm.
+ */
+static void gc_then_vmstate_equal(const SpriteVolumeOptions *o,
+                                  const char *cache, const char *name,
+                                  const uint8_t *vm, uint64_t len)
+{
+    g_autoptr(GError) err = NULL;
+    SpriteVolume *v;
+
+    g_assert_cmpint(sprite_volume_open(o, &v, &err), ==, 0);
+    gc_ok(v, true);
+    sprite_volume_close(v);
+    rm_rf(cache);
+    g_assert_cmpint(sprite_volume_open(o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, name, &err), ==, 0);
+    vmstate_equal(v, vm, len);
+    sprite_volume_close(v);
+}
+
 static void test_vmstate_dedup(gconstpointer data)
 {
     const Backend *b = data;
@@ -1105,14 +1126,7 @@ static void test_vmstate_dedup(gconstpointer data)
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c3", &err),
                     ==, 0);
     sprite_volume_close(v);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    gc_ok(v, true);
-    sprite_volume_close(v);
-    rm_rf(cache);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
-    vmstate_equal(v, bb, len + 100);
-    sprite_volume_close(v);
+    gc_then_vmstate_equal(&o, cache, "c2", bb, len + 100);
     g_rand_free(r);
 }
 
@@ -1265,14 +1279,7 @@ static void test_vmstate_in_place(gconstpointer data)
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err),
                     ==, 0);
     sprite_volume_close(v);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    gc_ok(v, true);
-    sprite_volume_close(v);
-    rm_rf(cache);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
-    vmstate_equal(v, m2, len);
-    sprite_volume_close(v);
+    gc_then_vmstate_equal(&o, cache, "c2", m2, len);
     g_rand_free(r);
 }
 

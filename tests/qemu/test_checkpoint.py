@@ -56,6 +56,19 @@ def run_job(g, command, **args):
     raise AssertionError(f"{command} did not finish")
 
 
+def first_checkpoint(g):
+    """16 MiB of random data in memory, both counters at 1, then
+    checkpoint c1 (QMP).  Returns the data's md5."""
+    g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=16 2>/dev/null")
+    g.check(SET.format(n=1))
+    _, _, blob = counters(g)
+    error = run_job(g, "snapshot-save", tag="c1", vmstate="d0",
+                    devices=["d0"])
+    if error:
+        raise AssertionError(f"snapshot-save c1: {error}")
+    return blob
+
+
 def checkpoints(g, node="d0"):
     for n in g.qmp.execute("query-named-block-nodes"):
         if n["node-name"] == node:
@@ -117,12 +130,7 @@ class CheckpointTest(unittest.TestCase):
     def checkpoint_scenario(self, store):
         url, env = self.volume(store, "ckpt")
         with Guest(self.disk(url, "cache1"), env=env) as g:
-            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=16 "
-                    "2>/dev/null")
-            g.check(SET.format(n=1))
-            _, _, blob = counters(g)
-            self.assertIsNone(run_job(g, "snapshot-save", tag="c1",
-                                      vmstate="d0", devices=["d0"]))
+            blob = first_checkpoint(g)
             g.check(SET.format(n=2))
             self.assertEqual(counters(g), (2, 2, blob))
             self.assertIsNone(run_job(g, "snapshot-load", tag="c1",
@@ -197,6 +205,17 @@ class CheckpointTest(unittest.TestCase):
             self.assertEqual(counters(g), (3, 3, blob))
             g.check(SET.format(n=4))
             self.assertEqual(counters(g), (4, 4, blob))
+            # Its first checkpoint is written over c2's VM state, which
+            # stays in the base: only what changed since the load.
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "savevm c5"})
+            self.assertEqual(out.strip(), "")
+            self.assertLess(vm_state_sizes(g)["c5"], added["c1"] // 4)
+            g.check(SET.format(n=5))
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "loadvm c5"})
+            self.assertEqual(out.strip(), "")
+            self.assertEqual(counters(g), (4, 4, blob))
         # The original did not change.
         with Guest(self.disk(url, "cache2") + ["-loadvm", "c2"], env=env,
                    wait_ready=False) as g:
@@ -218,12 +237,7 @@ class CheckpointTest(unittest.TestCase):
                         '"$@"\n')
         qemu.chmod(0o755)
         with Guest(self.disk(url, "cache1"), env=env, qemu=qemu) as g:
-            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=16 "
-                    "2>/dev/null")
-            g.check(SET.format(n=1))
-            _, _, blob = counters(g)
-            self.assertIsNone(run_job(g, "snapshot-save", tag="c1",
-                                      vmstate="d0", devices=["d0"]))
+            blob = first_checkpoint(g)
             (c1,) = checkpoints(g)
             self.assertGreater(c1["added-bytes"], 2 * limit)
             g.check(SET.format(n=2))
