@@ -210,11 +210,3 @@ uint64_t sprite_extmap_bytes_from(SpriteExtmap *m, uint64_t lo,
     sprite_extmap_foreach(m, lo, UINT64_MAX, sum_one, &c);
     return c.bytes;
 }
-
-uint64_t sprite_extmap_end(SpriteExtmap *m)
-{
-    GTreeNode *n = g_tree_node_last(m->tree);
-    const SpriteExtent *e = n ? g_tree_node_value(n) : NULL;
-
-    return e ? e->start + e->len : 0;
-}

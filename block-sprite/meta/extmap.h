@@ -69,7 +69,4 @@ SpriteExtmap *sprite_extmap_copy(SpriteExtmap *m);
 uint64_t sprite_extmap_bytes_from(SpriteExtmap *m, uint64_t lo,
                                   SpriteExtentKind kind);
 
-/* The end of the last extent (0 when empty). */
-uint64_t sprite_extmap_end(SpriteExtmap *m);
-
 #endif /* SPRITE_EXTMAP_H */

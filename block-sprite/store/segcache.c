@@ -578,12 +578,13 @@ static int fetch_locked(SpriteSegCache *c, CachedSeg *s, uint32_t i,
  */
 static void prefetch_next_run(SpriteSegCache *c, CachedSeg *s)
 {
+    PrefetchReq *r;
+
     if (!s->ahead || s->next >= s->h->nchunks) {
         s->trigger = UINT32_MAX;
         return;
     }
-    PrefetchReq *r = g_new(PrefetchReq, 1);
-
+    r = g_new(PrefetchReq, 1);
     r->seq = s->seq;
     r->first = s->next;
     r->last = MIN(s->h->nchunks - 1, (uint64_t)s->next + s->ahead - 1);

@@ -431,8 +431,9 @@ static bool collect_victim_extents(const SpriteExtent *e, void *opaque)
     CollectCtx *c = opaque;
     Victim *vi;
 
-    /* The live VM state is a savevm in progress, whose chunks the volume
-     * may still refer to (volume.c): leave it where it is. */
+    /* The live VM state area is the newest checkpoint's VM state plus a
+     * savevm in progress, whose chunks the volume may still refer to
+     * (volume.c): leave it where it is. */
     if (e->kind == SPRITE_EXT_DATA && e->start < SPRITE_VMSTATE_BASE &&
         (vi = g_hash_table_lookup(c->victims, SEQ_KEY(e->seg)))) {
         g_array_append_val(vi->extents, *e);

@@ -1843,6 +1843,25 @@ static int vm_end_stream(SpriteVolume *v, GError **errp)
     return ret;
 }
 
+/*
+ * vm_cut() for callers that hold neither lock: if the cache directory is
+ * full, make room and cut again (the buffer keeps what was not stored).
+ */
+static int vm_cut_making_room(SpriteVolume *v, bool all, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&v->lock);
+    ret = vm_cut(v, all, errp);
+    g_mutex_unlock(&v->lock);
+    if (ret < 0 && flush_for_room(v, ret, errp)) {
+        g_mutex_lock(&v->lock);
+        ret = vm_cut(v, all, errp);
+        g_mutex_unlock(&v->lock);
+    }
+    return ret;
+}
+
 /* Store one piece of VM state in place (see vm_write_in_place()). */
 static int vm_store_in_place(SpriteVolume *v, uint64_t pos, uint64_t len,
                              const struct iovec *iov, int iovcnt,
@@ -1944,15 +1963,9 @@ int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
         g_byte_array_append(v->vm_buf, iov[i].iov_base, n);
         done += n;
     }
-    if (ret == 0) {
-        ret = vm_cut(v, false, errp);
-    }
     g_mutex_unlock(&v->lock);
-    if (ret < 0 && flush_for_room(v, ret, errp)) {
-        /* The buffer still holds what was not stored. */
-        g_mutex_lock(&v->lock);
-        ret = vm_cut(v, false, errp);
-        g_mutex_unlock(&v->lock);
+    if (ret == 0) {
+        ret = vm_cut_making_room(v, false, errp);
     }
 out:
     if (ret == 0) {
@@ -2612,9 +2625,7 @@ int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
 
     /* What the stream buffer holds is read from where it is stored. */
     if (ret == 0 && v->vm_buf->len) {
-        g_mutex_lock(&v->lock);
-        ret = vm_cut(v, true, errp);
-        g_mutex_unlock(&v->lock);
+        ret = vm_cut_making_room(v, true, errp);
     }
     return ret < 0 ? ret : read_data(v, SPRITE_VMSTATE_BASE + pos, len, iov,
                                      iovcnt, false, errp);
@@ -2708,15 +2719,8 @@ int sprite_volume_checkpoint_create(SpriteVolume *v, SpriteCheckpoint *ck,
     if (ck->vm_state_size > SPRITE_VMSTATE_SIZE) {
         return check_vmstate_range(0, ck->vm_state_size, errp);
     }
-    /* Store the end of the VM state stream, making room if need be. */
-    g_mutex_lock(&v->lock);
-    ret = vm_cut(v, true, errp);
-    g_mutex_unlock(&v->lock);
-    if (ret < 0 && flush_for_room(v, ret, errp)) {
-        g_mutex_lock(&v->lock);
-        ret = vm_cut(v, true, errp);
-        g_mutex_unlock(&v->lock);
-    }
+    /* Store the end of the VM state stream. */
+    ret = vm_cut_making_room(v, true, errp);
     if (ret < 0) {
         return ret;
     }

@@ -237,12 +237,12 @@ static int sprite_open(BlockDriverState *bs, QDict *options, int flags,
     o.read_only = !(flags & BDRV_O_RDWR);
 
     ret = sprite_volume_open(&o, &s->vol, &err);
-    /* A new name for the VM state area each time it is opened. */
-    s->vmstate_id = ((uint64_t)g_random_int() << 32 | g_random_int()) | 1;
     if (ret < 0) {
         sprite_error_propagate(errp, err);
         goto out;
     }
+    /* A new name for the VM state area each time it is opened. */
+    s->vmstate_id = ((uint64_t)g_random_int() << 32 | g_random_int()) | 1;
     s->url = g_strdup(o.url);
     trace_sprite_open(s, s->url, o.read_only);
     if (!o.read_only) {
