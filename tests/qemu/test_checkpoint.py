@@ -7,7 +7,7 @@ snapshot-load (QMP) or loadvm (HMP), both counters and the data must be
 those of the checkpoint: on this host, and on a "fresh host" (a new QEMU
 with an empty cache, started with -loadvm).  A volume created from a
 checkpoint boots into it too.  Bad requests fail and leave the VM
-running.  Run through tests/servers/with-servers; uses radosgw and the
+running, unchanged, even a checkpoint that does not fit the VM.  Run through tests/servers/with-servers; uses radosgw and the
 file store.
 """
 
@@ -220,6 +220,41 @@ class CheckpointTest(unittest.TestCase):
         with Guest(self.disk(url, "cache2") + ["-loadvm", "c2"], env=env,
                    wait_ready=False) as g:
             self.assertEqual(counters(g), (3, 3, blob))
+
+    def test_mismatched_checkpoint_changes_nothing(self):
+        """A checkpoint taken with another memory size, or with a device
+        this VM lacks, fails to load part way, after the disk was
+        reverted and RAM overwritten.  The VM must run on with its memory
+        and disk as they were: loadvm saved them first and went back."""
+        url, env = self.volume("file", "mismatch")
+        rng = ["-device", "virtio-rng-pci"]
+        with Guest(self.disk(url, "cache1") + rng, env=env) as g:
+            blob = first_checkpoint(g)
+        for mismatch, args, memory in (("memory", rng, "320M"),
+                                       ("devices", [], "256M")):
+            with self.subTest(mismatch=mismatch), \
+                    Guest(self.disk(url, "cache1") + args, memory=memory,
+                          env=env) as g:
+                g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=4 "
+                        "2>/dev/null")
+                g.check(SET.format(n=7))
+                before = counters(g)
+                self.assertNotEqual(before[2], blob)
+                err = run_job(g, "snapshot-load", tag="c1", vmstate="d0",
+                              devices=["d0"])
+                self.assertIn("put back as it was", err or "")
+                out = g.qmp.execute("human-monitor-command",
+                                    {"command-line": "loadvm c1"})
+                self.assertIn("put back as it was", out)
+                self.assertEqual(g.qmp.execute("query-status")["status"],
+                                 "running")
+                self.assertEqual(counters(g), before)
+                # The snapshot it went back to is gone again.
+                self.assertEqual([c["name"] for c in checkpoints(g)], ["c1"])
+        # Where it fits, c1 still loads.
+        with Guest(self.disk(url, "cache1") + rng + ["-loadvm", "c1"],
+                   env=env, wait_ready=False) as g:
+            self.assertEqual(counters(g), (1, 1, blob))
 
     def test_cache_full_mid_checkpoint(self):
         """The cache directory runs out of room while savevm streams: the
