@@ -5,8 +5,9 @@ bench/extmap.c (built as build/sprite/bench/extmap-bench) fills an
 in-memory extent map with N extents of 4 KiB separated by 4 KiB holes,
 so none merge, and times random lookups (half hit an extent, half a
 hole) against the same lookups by binary search in a sorted array of
-the extents: the least an index of extents can cost.  Memory is the
-growth of the process's resident set, less the array's.  The map of an
+the extents: the least an index of extents can cost.  Memory is what
+the map allocated (glibc's mallinfo2: bytes in use, malloc's overhead
+included).  The map of an
 open volume holds every extent of its live map like this.
 
 Run standalone: bench/extents.py [--quick]
