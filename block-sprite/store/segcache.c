@@ -741,7 +741,7 @@ static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     s->users++;
     ret = fill_chunks(c, s, data_off / SPRITE_CHUNK_SIZE,
                       (data_off + len - 1) / SPRITE_CHUNK_SIZE, errp);
-    if (ret == 0) {
+    if (ret == 0 && buf) {
         ret = pread_pinned(c, s, data_off, len, buf);
         if (ret < 0) {
             g_autofree char *path = seg_path(c, seq);
@@ -761,6 +761,25 @@ int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     ret = segcache_read(c, seq, data_off, len, buf, errp);
     g_mutex_unlock(&c->lock);
     return ret;
+}
+
+int sprite_segcache_fetch(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+                          uint64_t len, GError **errp)
+{
+    return sprite_segcache_read(c, seq, data_off, len, NULL, errp);
+}
+
+bool sprite_segcache_has_data(SpriteSegCache *c, uint64_t seq)
+{
+    CachedSeg *s;
+    bool has;
+
+    g_mutex_lock(&c->lock);
+    s = g_hash_table_lookup(c->segs, &seq);
+    /* A file found at open has not had its header read yet. */
+    has = s && s->bytes > (s->h ? s->h->header_len : SPRITE_CHUNK_SIZE);
+    g_mutex_unlock(&c->lock);
+    return has;
 }
 
 int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,

@@ -21,6 +21,7 @@
 #define SPRITE_SEGCACHE_H
 
 #include <glib.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "sprite/objstore.h"
@@ -48,6 +49,15 @@ int sprite_segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
  */
 int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
                                 uint64_t data_off, uint64_t len, void *buf);
+
+/* Make a range present and checked, as sprite_segcache_read() does, but
+ * read nothing out. */
+int sprite_segcache_fetch(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
+                          uint64_t len, GError **errp);
+
+/* Whether the cache holds (or fetches now) data of segment @seq, not
+ * just its header.  A guess for files found at open: more than a chunk. */
+bool sprite_segcache_has_data(SpriteSegCache *c, uint64_t seq);
 
 /* Add a segment just written to the store (@obj is the whole object). */
 int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,

@@ -97,6 +97,12 @@ struct SpriteVolume {
     bool sealing;
     GCond pend_idle;
     SpriteSegCache *cache;
+    uint64_t cache_limit;       /* bytes */
+
+    /* Fetching a checkpoint's VM state ahead of the loadvm that follows
+     * a goto (volume.c: warm_vmstate) */
+    GThreadPool *warm_pool;     /* created with @lock held */
+    unsigned warm_gen;          /* bumped by each goto; atomic */
 
     /* Ckpt *, by increasing ID: changed with @lock and @ckpt_lock held,
      * read with either (listing must not wait for a cache miss) */
