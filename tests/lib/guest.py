@@ -289,7 +289,7 @@ class Guest:
         if self._reader:
             self._reader.join(5)
         if self._own_workdir and self.workdir:
-            self.qemu_log = self._read_qemu_log()
+            self.qemu_log = self.qemu_output()
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
         return self.proc.returncode
@@ -384,7 +384,9 @@ class Guest:
         return out
 
     # Diagnostics -----------------------------------------------------------
-    def _read_qemu_log(self) -> str:
+    def qemu_output(self) -> str:
+        """What QEMU printed so far (stdout and stderr), also after it
+        exited."""
         if self.workdir is None:
             return self.qemu_log
         try:
@@ -394,7 +396,7 @@ class Guest:
 
     def _diagnostics(self, lines: int = 40) -> str:
         console = "\n".join(self.console().splitlines()[-lines:])
-        qemu_log = self._read_qemu_log().strip()
+        qemu_log = self.qemu_output().strip()
         return (f"\n--- guest console (last {lines} lines) ---\n{console}"
                 f"\n--- QEMU output ---\n{qemu_log or '(none)'}"
                 f"\n--- QEMU command ---\n{shlex.join(self.argv)}")

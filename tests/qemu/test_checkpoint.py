@@ -171,13 +171,17 @@ class CheckpointTest(unittest.TestCase):
             g.kill()   # the host is lost
 
         # Another host: empty cache, straight into c1 with -loadvm.  The
-        # killed QEMU still holds the lease: take it over.
+        # killed QEMU still holds the lease: take it over.  The guest
+        # starts before its RAM is read (see migration/ram-lazy.c), and a
+        # loadvm first waits until every page of the last one is in.
         with Guest(self.disk(url, "cache2", takeover=True) +
-                   ["-loadvm", "c1"], env=env,
-                   wait_ready=False) as g:
+                   ["-loadvm", "c1", "-trace", "ram_lazy_load_done"],
+                   env=env, wait_ready=False) as g:
             self.assertEqual(counters(g), (1, 1, blob))
             g.qmp.execute("human-monitor-command",
                           {"command-line": "loadvm c2"})
+            self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
+                                              r"pages held, 0 not read")
             self.assertEqual(counters(g), (3, 3, blob))
             # This host took no checkpoint yet; c3 is written over the one
             # it loaded, and stores only what changed since.

@@ -317,6 +317,71 @@ class FaultsTest(unittest.TestCase):
             self.assertEqual(hashlib.md5(got).hexdigest(), want)
         print(f"stalled {stalled:.1f} s", flush=True)
 
+    def test_outage_during_lazy_restore(self):
+        """A checkpoint restored with -loadvm into a new QEMU with an
+        empty cache: the guest starts before its RAM is read, and pages
+        are read as it touches them (migration/ram-lazy.c).  The store
+        goes down just after the guest starts, while it reads 96 MiB of
+        memory: it waits for its pages, QEMU says why, and once the store
+        is back the guest finishes with the checkpoint's bytes, every page
+        of which was read.  A QEMU that quits while RAM is still being
+        read exits cleanly."""
+        def disk(cache, takeover=False):
+            return ["-blockdev", f"driver=sprite,node-name=d0,url={self.url},"
+                    f"cache-dir={self.tmp / cache},retry-timeout=1"
+                    f"{',takeover=on' if takeover else ''}",
+                    "-device", "virtio-blk-pci,drive=d0"]
+        trace = ["-trace", "ram_lazy_load_done"]
+        with Guest(disk("cache1"), env=self.env, memory="384M") as g:
+            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=96 "
+                    "2>/dev/null")
+            want = g.check("md5sum </tmp/blob").split()[0]
+            g.qmp.execute("human-monitor-command",
+                          {"command-line": "savevm c1"})
+            deadline = time.monotonic() + 60
+            while not all(c["durable"] for n in
+                          g.qmp.execute("query-named-block-nodes")
+                          if n["node-name"] == "d0" for c in
+                          n["image"]["format-specific"]["data"]["checkpoints"]):
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.1)
+            g.kill()
+
+        # Slow GETs keep the load going long enough to cut it off.  (The
+        # first rule that matches applies: the outage replaces them.)
+        slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
+                                   ms=50)
+        with Guest(disk("cache2", takeover=True) + ["-loadvm", "c1"] + trace,
+                   env=self.env, memory="384M", wait_ready=False) as g:
+            self.proxy.remove_rule(slow)
+            down = self.proxy.add_rule("down")
+            pos = g.console_position()
+            g.start_script("md5sum </tmp/blob")
+            deadline = time.monotonic() + 30
+            while "Could not read RAM from the snapshot" not in g.qemu_output():
+                self.assertLess(time.monotonic(), deadline, g.qemu_output())
+                time.sleep(0.1)
+            time.sleep(1)
+            self.assertNotIn(want, g.console()[pos:])
+            self.proxy.remove_rule(down)
+            g.wait_console(want.encode(), pos, 60)
+            deadline = time.monotonic() + 60
+            while "ram_lazy_load_done" not in g.qemu_output():
+                self.assertLess(time.monotonic(), deadline, g.qemu_output())
+                time.sleep(0.1)
+            log = g.qemu_output()
+            self.assertIn("Reading RAM from the snapshot works again", log)
+            self.assertRegex(log, r"ram_lazy_load_done \d+ pages held, "
+                                  r"0 not read")
+            self.assertEqual(g.shutdown(), 0, g.qemu_output())
+
+        self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
+        with Guest(disk("cache3", takeover=True) + ["-loadvm", "c1"] + trace,
+                   env=self.env, memory="384M", wait_ready=False) as g:
+            self.assertEqual(g.shutdown(), 0, g.qemu_output())
+            self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
+                                              r"pages held, [1-9]\d* not read")
+
     def test_restore_while_shipping_is_down(self):
         """The store refuses segments while a writer goes on writing and
         flushing: every flush fails, and a restore meanwhile reads the
