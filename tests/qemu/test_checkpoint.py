@@ -229,7 +229,8 @@ class CheckpointTest(unittest.TestCase):
         """A checkpoint taken with another memory size, or with a device
         this VM lacks, fails to load part way, after the disk was
         reverted and RAM overwritten.  The VM must run on with its memory
-        and disk as they were: loadvm saved them first and went back."""
+        and disk as they were: loadvm saved them first and went back.  An
+        undo checkpoint left behind is reported."""
         url, env = self.volume("file", "mismatch")
         rng = ["-device", "virtio-rng-pci"]
         with Guest(self.disk(url, "cache1") + rng, env=env) as g:
@@ -255,6 +256,23 @@ class CheckpointTest(unittest.TestCase):
                 self.assertEqual(counters(g), before)
                 # The snapshot it went back to is gone again.
                 self.assertEqual([c["name"] for c in checkpoints(g)], ["c1"])
+        # An undo checkpoint that a loadvm left behind (QEMU died during
+        # it; here one made by hand) is reported at the next loadvm, and
+        # left alone: it may hold the only copy of a state.
+        with Guest(self.disk(url, "cache1") + rng, env=env) as g:
+            leftover = "loadvm-undo-0000beef"
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": f"savevm {leftover}"})
+            self.assertEqual(out.strip(), "")
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "loadvm c1"})
+            self.assertIn(f"Snapshot '{leftover}' was left by a loadvm "
+                          "that did not finish", out)
+            self.assertEqual(counters(g), (1, 1, blob))
+            self.assertEqual([c["name"] for c in checkpoints(g)],
+                             ["c1", leftover])
+            g.qmp.execute("human-monitor-command",
+                          {"command-line": f"delvm {leftover}"})
         # A VM that savevm refuses (ivshmem as a peer registers a
         # migration blocker, and its state would not load back) loads
         # without the undo, as QEMU always did: a checkpoint that does
