@@ -380,6 +380,27 @@ static int coroutine_fn sprite_co_submit(BlockDriverState *bs,
     return ret;
 }
 
+/*
+ * libsprite copies to and from the caller's buffers with its locks held.
+ * Guest RAM may be backed by userfaultfd while a snapshot loads on demand
+ * (migration/ram-lazy.c), and the faults are served by reading this very
+ * volume: touch each page first, so that none is taken under those locks.
+ */
+static void sprite_fault_in(QEMUIOVector *qiov)
+{
+    uintptr_t page_size = qemu_real_host_page_size();
+    int i;
+
+    for (i = 0; qiov && i < qiov->niov; i++) {
+        uintptr_t p = (uintptr_t)qiov->iov[i].iov_base;
+        uintptr_t end = p + qiov->iov[i].iov_len;
+
+        for (; p < end; p = QEMU_ALIGN_DOWN(p, page_size) + page_size) {
+            (void)*(volatile uint8_t *)p;
+        }
+    }
+}
+
 static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
                                      int64_t offset, int64_t bytes,
                                      QEMUIOVector *qiov,
@@ -389,7 +410,10 @@ static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
         .op = op, .offset = offset, .bytes = bytes, .qiov = qiov,
         .fua = flags & BDRV_REQ_FUA,
     };
-    int ret = sprite_co_submit(bs, &r);
+    int ret;
+
+    sprite_fault_in(qiov);
+    ret = sprite_co_submit(bs, &r);
 
     return ret < 0 ? sprite_io_error(ret, r.err) : 0;
 }
@@ -405,6 +429,7 @@ sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
      * a local file: only what needs the network (or a wait for a lock)
      * goes to the thread pool.
      */
+    sprite_fault_in(qiov);
     if (sprite_volume_try_readv(s->vol, offset, bytes, qiov->iov,
                                 qiov->niov) == 0) {
         return 0;
