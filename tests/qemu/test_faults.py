@@ -317,6 +317,35 @@ class FaultsTest(unittest.TestCase):
             self.assertEqual(hashlib.md5(got).hexdigest(), want)
         print(f"stalled {stalled:.1f} s", flush=True)
 
+    def lazy_disk(self, cache, takeover=False):
+        return ["-blockdev", f"driver=sprite,node-name=d0,url={self.url},"
+                f"cache-dir={self.tmp / cache},retry-timeout=1"
+                f"{',takeover=on' if takeover else ''}",
+                "-device", "virtio-blk-pci,drive=d0"]
+
+    def wait_durable(self, g):
+        deadline = time.monotonic() + 60
+        while not all(c["durable"] for n in
+                      g.qmp.execute("query-named-block-nodes")
+                      if n["node-name"] == "d0" for c in
+                      n["image"]["format-specific"]["data"]["checkpoints"]):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+
+    def lazy_checkpoint(self):
+        """Checkpoint c1 of a guest with 96 MiB of random data in memory,
+        durable; the host is then lost.  Returns the data's md5."""
+        with Guest(self.lazy_disk("cache1"), env=self.env,
+                   memory="384M") as g:
+            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=96 "
+                    "2>/dev/null")
+            want = g.check("md5sum </tmp/blob").split()[0]
+            g.qmp.execute("human-monitor-command",
+                          {"command-line": "savevm c1"})
+            self.wait_durable(g)
+            g.kill()
+        return want
+
     def test_outage_during_lazy_restore(self):
         """A checkpoint restored with -loadvm into a new QEMU with an
         empty cache: the guest starts before its RAM is read, and pages
@@ -326,32 +355,13 @@ class FaultsTest(unittest.TestCase):
         is back the guest finishes with the checkpoint's bytes, every page
         of which was read.  A QEMU that quits while RAM is still being
         read exits cleanly."""
-        def disk(cache, takeover=False):
-            return ["-blockdev", f"driver=sprite,node-name=d0,url={self.url},"
-                    f"cache-dir={self.tmp / cache},retry-timeout=1"
-                    f"{',takeover=on' if takeover else ''}",
-                    "-device", "virtio-blk-pci,drive=d0"]
+        want = self.lazy_checkpoint()
         trace = ["-trace", "ram_lazy_load_done"]
-        with Guest(disk("cache1"), env=self.env, memory="384M") as g:
-            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=96 "
-                    "2>/dev/null")
-            want = g.check("md5sum </tmp/blob").split()[0]
-            g.qmp.execute("human-monitor-command",
-                          {"command-line": "savevm c1"})
-            deadline = time.monotonic() + 60
-            while not all(c["durable"] for n in
-                          g.qmp.execute("query-named-block-nodes")
-                          if n["node-name"] == "d0" for c in
-                          n["image"]["format-specific"]["data"]["checkpoints"]):
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.1)
-            g.kill()
-
         # Slow GETs keep the load going long enough to cut it off.  (The
         # first rule that matches applies: the outage replaces them.)
         slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
                                    ms=50)
-        with Guest(disk("cache2", takeover=True) + ["-loadvm", "c1"] + trace,
+        with Guest(self.lazy_disk("cache2", takeover=True) + ["-loadvm", "c1"] + trace,
                    env=self.env, memory="384M", wait_ready=False) as g:
             self.proxy.remove_rule(slow)
             down = self.proxy.add_rule("down")
@@ -376,11 +386,81 @@ class FaultsTest(unittest.TestCase):
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
 
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
-        with Guest(disk("cache3", takeover=True) + ["-loadvm", "c1"] + trace,
+        with Guest(self.lazy_disk("cache3", takeover=True) + ["-loadvm", "c1"] + trace,
                    env=self.env, memory="384M", wait_ready=False) as g:
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
             self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
                                               r"pages held, [1-9]\d* not read")
+
+    def test_guest_io_during_lazy_restore(self):
+        """The guest's page cache held 8 MiB of dirty disk data when the
+        checkpoint was taken.  Right after a restore, while RAM is still
+        read on demand, the guest writes it back: the device reads pages
+        the guest has not touched since the restore, which must be read
+        from the VM state first, without the driver holding anything
+        that reading needs.  Then it reads the disk into pages it has
+        not touched either."""
+        with Guest(self.lazy_disk("cache1"), env=self.env,
+                   memory="384M") as g:
+            g.check("dd if=/dev/urandom of=/tmp/d bs=1M count=8 "
+                    "2>/dev/null")
+            # Free memory that held data: the page cache takes it next.
+            g.check("dd if=/dev/urandom of=/tmp/junk bs=1M count=64 "
+                    "2>/dev/null; rm /tmp/junk")
+            # A second opener keeps dd's close from writing it back.
+            g.check("echo 360000 >/proc/sys/vm/dirty_expire_centisecs; "
+                    "echo 360000 >/proc/sys/vm/dirty_writeback_centisecs; "
+                    "sleep 100000 </dev/vda & "
+                    "dd if=/tmp/d of=/dev/vda bs=1M 2>/dev/null")
+            want = g.check("md5sum </tmp/d").split()[0]
+            g.qmp.execute("human-monitor-command",
+                          {"command-line": "savevm c1"})
+            self.wait_durable(g)
+            g.kill()
+        self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
+        with Guest(self.lazy_disk("cache2", takeover=True) +
+                   ["-loadvm", "c1", "-trace", "ram_lazy_load_done"],
+                   env=self.env, memory="384M", wait_ready=False) as g:
+            g.check("sync", timeout=60)
+            self.assertNotIn("ram_lazy_load_done", g.qemu_output())
+            got = g.check("echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda "
+                          "bs=1M count=8 2>/dev/null | md5sum",
+                          timeout=60).split()[0]
+            self.assertEqual(got, want)
+
+    def test_savevm_during_lazy_restore(self):
+        """A savevm while a restored guest's RAM is still being read on
+        demand first waits until every page is in (it may write the area
+        they are read from), and is then incremental.  A new QEMU
+        restored from it sees the data, and the counter set after the
+        first restore."""
+        want = self.lazy_checkpoint()
+        trace = ["-trace", "ram_lazy_load_done"]
+        slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
+                                   ms=50)
+        with Guest(self.lazy_disk("cache2", takeover=True) +
+                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
+                   wait_ready=False) as g:
+            g.check("echo 2 >/tmp/counter")
+            self.assertNotIn("ram_lazy_load_done", g.qemu_output())
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "savevm c2"})
+            self.assertEqual(out.strip(), "")
+            self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
+                                              r"pages held, 0 not read")
+            sizes = {s["name"]: s["vm-state-size"] for n in
+                     g.qmp.execute("query-named-block-nodes")
+                     if n["node-name"] == "d0"
+                     for s in n["image"]["snapshots"]}
+            self.assertLess(sizes["c2"], sizes["c1"] // 4)
+            self.proxy.remove_rule(slow)
+            self.wait_durable(g)
+            g.kill()
+        with Guest(self.lazy_disk("cache3", takeover=True) +
+                   ["-loadvm", "c2"], env=self.env, memory="384M",
+                   wait_ready=False) as g:
+            self.assertEqual(g.check("cat /tmp/counter; md5sum </tmp/blob")
+                             .split()[:2], ["2", want])
 
     def test_restore_while_shipping_is_down(self):
         """The store refuses segments while a writer goes on writing and
