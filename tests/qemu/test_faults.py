@@ -332,14 +332,17 @@ class FaultsTest(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.1)
 
-    def lazy_checkpoint(self):
-        """Checkpoint c1 of a guest with 96 MiB of random data in memory,
-        durable; the host is then lost.  Returns the data's md5."""
+    def lazy_checkpoint(self, *setup, data="/tmp/blob"):
+        """Checkpoint c1, durable, of a guest that ran the `setup`
+        commands (by default, 96 MiB of random data in memory, in
+        /tmp/blob); the host is then lost.  Returns the md5 of `data`."""
+        setup = setup or ("dd if=/dev/urandom of=/tmp/blob bs=1M count=96 "
+                          "2>/dev/null",)
         with Guest(self.lazy_disk("cache1"), env=self.env,
                    memory="384M") as g:
-            g.check("dd if=/dev/urandom of=/tmp/blob bs=1M count=96 "
-                    "2>/dev/null")
-            want = g.check("md5sum </tmp/blob").split()[0]
+            for command in setup:
+                g.check(command)
+            want = g.check(f"md5sum <{data}").split()[0]
             g.qmp.execute("human-monitor-command",
                           {"command-line": "savevm c1"})
             self.wait_durable(g)
@@ -353,26 +356,35 @@ class FaultsTest(unittest.TestCase):
         goes down just after the guest starts, while it reads 96 MiB of
         memory: it waits for its pages, QEMU says why, and once the store
         is back the guest finishes with the checkpoint's bytes, every page
-        of which was read.  A QEMU that quits while RAM is still being
-        read exits cleanly."""
+        of which was read.  A savevm meanwhile is refused.  A QEMU that
+        quits while RAM is still being read exits cleanly."""
         want = self.lazy_checkpoint()
         trace = ["-trace", "ram_lazy_load_done"]
         # Slow GETs keep the load going long enough to cut it off.  (The
         # first rule that matches applies: the outage replaces them.)
         slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
                                    ms=50)
-        with Guest(self.lazy_disk("cache2", takeover=True) + ["-loadvm", "c1"] + trace,
-                   env=self.env, memory="384M", wait_ready=False) as g:
+        with Guest(self.lazy_disk("cache2", takeover=True) +
+                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
+                   wait_ready=False) as g:
             self.proxy.remove_rule(slow)
             down = self.proxy.add_rule("down")
             pos = g.console_position()
             g.start_script("md5sum </tmp/blob")
             deadline = time.monotonic() + 30
-            while "Could not read RAM from the snapshot" not in g.qemu_output():
+            while ("Could not read RAM from the snapshot"
+                   not in g.qemu_output()):
                 self.assertLess(time.monotonic(), deadline, g.qemu_output())
                 time.sleep(0.1)
             time.sleep(1)
             self.assertNotIn(want, g.console()[pos:])
+            # A savevm would have to wait for those pages: it is refused,
+            # and nothing changes.
+            out = g.qmp.execute("human-monitor-command",
+                                {"command-line": "savevm c2"})
+            self.assertIn("reading it fails", out)
+            self.assertEqual(g.qmp.execute("query-status")["status"],
+                             "running")
             self.proxy.remove_rule(down)
             g.wait_console(want.encode(), pos, 60)
             deadline = time.monotonic() + 60
@@ -383,11 +395,16 @@ class FaultsTest(unittest.TestCase):
             self.assertIn("Reading RAM from the snapshot works again", log)
             self.assertRegex(log, r"ram_lazy_load_done \d+ pages held, "
                                   r"0 not read")
+            self.assertEqual([s["name"] for n in
+                              g.qmp.execute("query-named-block-nodes")
+                              if n["node-name"] == "d0"
+                              for s in n["image"]["snapshots"]], ["c1"])
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
 
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
-        with Guest(self.lazy_disk("cache3", takeover=True) + ["-loadvm", "c1"] + trace,
-                   env=self.env, memory="384M", wait_ready=False) as g:
+        with Guest(self.lazy_disk("cache3", takeover=True) +
+                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
+                   wait_ready=False) as g:
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
             self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
                                               r"pages held, [1-9]\d* not read")
@@ -400,23 +417,17 @@ class FaultsTest(unittest.TestCase):
         from the VM state first, without the driver holding anything
         that reading needs.  Then it reads the disk into pages it has
         not touched either."""
-        with Guest(self.lazy_disk("cache1"), env=self.env,
-                   memory="384M") as g:
-            g.check("dd if=/dev/urandom of=/tmp/d bs=1M count=8 "
-                    "2>/dev/null")
+        want = self.lazy_checkpoint(
+            "dd if=/dev/urandom of=/tmp/d bs=1M count=8 2>/dev/null",
             # Free memory that held data: the page cache takes it next.
-            g.check("dd if=/dev/urandom of=/tmp/junk bs=1M count=64 "
-                    "2>/dev/null; rm /tmp/junk")
+            "dd if=/dev/urandom of=/tmp/junk bs=1M count=64 2>/dev/null; "
+            "rm /tmp/junk",
             # A second opener keeps dd's close from writing it back.
-            g.check("echo 360000 >/proc/sys/vm/dirty_expire_centisecs; "
-                    "echo 360000 >/proc/sys/vm/dirty_writeback_centisecs; "
-                    "sleep 100000 </dev/vda & "
-                    "dd if=/tmp/d of=/dev/vda bs=1M 2>/dev/null")
-            want = g.check("md5sum </tmp/d").split()[0]
-            g.qmp.execute("human-monitor-command",
-                          {"command-line": "savevm c1"})
-            self.wait_durable(g)
-            g.kill()
+            "echo 360000 >/proc/sys/vm/dirty_expire_centisecs; "
+            "echo 360000 >/proc/sys/vm/dirty_writeback_centisecs; "
+            "sleep 100000 </dev/vda & "
+            "dd if=/tmp/d of=/dev/vda bs=1M 2>/dev/null",
+            data="/tmp/d")
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
         with Guest(self.lazy_disk("cache2", takeover=True) +
                    ["-loadvm", "c1", "-trace", "ram_lazy_load_done"],
