@@ -356,8 +356,8 @@ class FaultsTest(unittest.TestCase):
         goes down just after the guest starts, while it reads 96 MiB of
         memory: it waits for its pages, QEMU says why, and once the store
         is back the guest finishes with the checkpoint's bytes, every page
-        of which was read.  A savevm meanwhile is refused.  A QEMU that
-        quits while RAM is still being read exits cleanly."""
+        of which was read.  A QEMU that quits while RAM is still being
+        read exits cleanly."""
         want = self.lazy_checkpoint()
         trace = ["-trace", "ram_lazy_load_done"]
         # Slow GETs keep the load going long enough to cut it off.  (The
@@ -378,13 +378,6 @@ class FaultsTest(unittest.TestCase):
                 time.sleep(0.1)
             time.sleep(1)
             self.assertNotIn(want, g.console()[pos:])
-            # A savevm would have to wait for those pages: it is refused,
-            # and nothing changes.
-            out = g.qmp.execute("human-monitor-command",
-                                {"command-line": "savevm c2"})
-            self.assertIn("reading it fails", out)
-            self.assertEqual(g.qmp.execute("query-status")["status"],
-                             "running")
             self.proxy.remove_rule(down)
             g.wait_console(want.encode(), pos, 60)
             deadline = time.monotonic() + 60
@@ -395,10 +388,6 @@ class FaultsTest(unittest.TestCase):
             self.assertIn("Reading RAM from the snapshot works again", log)
             self.assertRegex(log, r"ram_lazy_load_done \d+ pages held, "
                                   r"0 not read")
-            self.assertEqual([s["name"] for n in
-                              g.qmp.execute("query-named-block-nodes")
-                              if n["node-name"] == "d0"
-                              for s in n["image"]["snapshots"]], ["c1"])
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
 
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
