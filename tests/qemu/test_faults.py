@@ -349,6 +349,13 @@ class FaultsTest(unittest.TestCase):
             g.kill()
         return want
 
+    def lazy_restore(self, cache):
+        """A new QEMU, with an empty cache, restored from c1 with
+        -loadvm and tracing when all its RAM is in."""
+        return Guest(self.lazy_disk(cache, takeover=True) +
+                     ["-loadvm", "c1", "-trace", "ram_lazy_load_done"],
+                     env=self.env, memory="384M", wait_ready=False)
+
     def test_outage_during_lazy_restore(self):
         """A checkpoint restored with -loadvm into a new QEMU with an
         empty cache: the guest starts before its RAM is read, and pages
@@ -359,14 +366,11 @@ class FaultsTest(unittest.TestCase):
         of which was read.  A QEMU that quits while RAM is still being
         read exits cleanly."""
         want = self.lazy_checkpoint()
-        trace = ["-trace", "ram_lazy_load_done"]
         # Slow GETs keep the load going long enough to cut it off.  (The
         # first rule that matches applies: the outage replaces them.)
         slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
                                    ms=50)
-        with Guest(self.lazy_disk("cache2", takeover=True) +
-                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
-                   wait_ready=False) as g:
+        with self.lazy_restore("cache2") as g:
             self.proxy.remove_rule(slow)
             down = self.proxy.add_rule("down")
             pos = g.console_position()
@@ -391,9 +395,7 @@ class FaultsTest(unittest.TestCase):
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
 
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
-        with Guest(self.lazy_disk("cache3", takeover=True) +
-                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
-                   wait_ready=False) as g:
+        with self.lazy_restore("cache3") as g:
             self.assertEqual(g.shutdown(), 0, g.qemu_output())
             self.assertRegex(g.qemu_output(), r"ram_lazy_load_done \d+ "
                                               r"pages held, [1-9]\d* not read")
@@ -418,9 +420,7 @@ class FaultsTest(unittest.TestCase):
             "dd if=/tmp/d of=/dev/vda bs=1M 2>/dev/null",
             data="/tmp/d")
         self.proxy.add_rule("delay", method="GET", key_re=SEGMENT, ms=50)
-        with Guest(self.lazy_disk("cache2", takeover=True) +
-                   ["-loadvm", "c1", "-trace", "ram_lazy_load_done"],
-                   env=self.env, memory="384M", wait_ready=False) as g:
+        with self.lazy_restore("cache2") as g:
             g.check("sync", timeout=60)
             self.assertNotIn("ram_lazy_load_done", g.qemu_output())
             got = g.check("echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda "
@@ -435,12 +435,9 @@ class FaultsTest(unittest.TestCase):
         restored from it sees the data, and the counter set after the
         first restore."""
         want = self.lazy_checkpoint()
-        trace = ["-trace", "ram_lazy_load_done"]
         slow = self.proxy.add_rule("delay", method="GET", key_re=SEGMENT,
                                    ms=50)
-        with Guest(self.lazy_disk("cache2", takeover=True) +
-                   ["-loadvm", "c1"] + trace, env=self.env, memory="384M",
-                   wait_ready=False) as g:
+        with self.lazy_restore("cache2") as g:
             g.check("echo 2 >/tmp/counter")
             self.assertNotIn("ram_lazy_load_done", g.qemu_output())
             out = g.qmp.execute("human-monitor-command",
