@@ -396,9 +396,25 @@ static void sprite_fault_in(QEMUIOVector *qiov)
         uintptr_t end = p + qiov->iov[i].iov_len;
 
         for (; p < end; p = QEMU_ALIGN_DOWN(p, page_size) + page_size) {
-            (void)*(volatile uint8_t *)p;
+            (void)*(volatile uint8_t *)p;   /* volatile: the read is it */
         }
     }
+}
+
+/* sprite_co_io() for buffers that sprite_fault_in() touched already. */
+static int coroutine_fn sprite_co_io_faulted(BlockDriverState *bs,
+                                             SpriteOp op, int64_t offset,
+                                             int64_t bytes,
+                                             QEMUIOVector *qiov,
+                                             BdrvRequestFlags flags)
+{
+    SpriteRequest r = {
+        .op = op, .offset = offset, .bytes = bytes, .qiov = qiov,
+        .fua = flags & BDRV_REQ_FUA,
+    };
+    int ret = sprite_co_submit(bs, &r);
+
+    return ret < 0 ? sprite_io_error(ret, r.err) : 0;
 }
 
 static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
@@ -406,16 +422,8 @@ static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
                                      QEMUIOVector *qiov,
                                      BdrvRequestFlags flags)
 {
-    SpriteRequest r = {
-        .op = op, .offset = offset, .bytes = bytes, .qiov = qiov,
-        .fua = flags & BDRV_REQ_FUA,
-    };
-    int ret;
-
     sprite_fault_in(qiov);
-    ret = sprite_co_submit(bs, &r);
-
-    return ret < 0 ? sprite_io_error(ret, r.err) : 0;
+    return sprite_co_io_faulted(bs, op, offset, bytes, qiov, flags);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
@@ -434,7 +442,7 @@ sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                 qiov->niov) == 0) {
         return 0;
     }
-    return sprite_co_io(bs, SPRITE_OP_READ, offset, bytes, qiov, 0);
+    return sprite_co_io_faulted(bs, SPRITE_OP_READ, offset, bytes, qiov, 0);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
