@@ -75,6 +75,12 @@
 #define GC_INTERVAL_US (60 * G_USEC_PER_SEC)
 /* How long a writer's lease lasts without renewal. */
 #define LEASE_MS 30000
+/*
+ * Looks a read-only open takes at metadata that seems damaged before it
+ * calls it damage, and the pause between them (see volume_open()).
+ */
+#define RO_RELOADS 5
+#define RO_RELOAD_US (100 * 1000)
 
 G_STATIC_ASSERT(SPRITE_VMSTATE_SIZE == SPRITE_VMSTATE_LIMIT);
 
@@ -649,20 +655,18 @@ fail:
     return ret;
 }
 
-typedef struct RollCtx {
-    SpriteVolume *v;
-    GArray *seqs;
-    GError **errp;
-    int ret;
-} RollCtx;
+typedef struct ListedSeg {
+    uint64_t seq;
+    uint64_t size;              /* of the object, as listed */
+} ListedSeg;
 
+/* Collect the segments listed into @opaque, a GArray of ListedSeg. */
 static int roll_list_cb(const char *key, uint64_t size, void *opaque)
 {
-    RollCtx *c = opaque;
-    uint64_t seq;
+    ListedSeg l = { .size = size };
 
-    if (sprite_key_parse_seq(key, &seq)) {
-        g_array_append_val(c->seqs, seq);
+    if (sprite_key_parse_seq(key, &l.seq)) {
+        g_array_append_val((GArray *)opaque, l);
     }
     return 0;
 }
@@ -675,19 +679,19 @@ static int roll_forward(SpriteVolume *v, bool *gap, GError **errp)
 {
     g_autofree char *prefix = g_strdup_printf("%s/seg/", v->url->volume);
     g_autofree char *after = sprite_key_segment(v->url->volume, v->seq);
-    g_autoptr(GArray) seqs = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-    RollCtx c = { .v = v, .seqs = seqs, .errp = errp };
+    g_autoptr(GArray) seqs = g_array_new(FALSE, FALSE, sizeof(ListedSeg));
     guint i;
     int ret;
 
     *gap = false;
     ret = sprite_objstore_list(v->os, prefix, v->seq ? after : NULL,
-                               roll_list_cb, &c, errp);
+                               roll_list_cb, seqs, errp);
     if (ret < 0) {
         return ret;
     }
     for (i = 0; i < seqs->len; i++) {
-        uint64_t seq = g_array_index(seqs, uint64_t, i);
+        uint64_t seq = g_array_index(seqs, ListedSeg, i).seq;
+        uint64_t size = g_array_index(seqs, ListedSeg, i).size;
         const SpriteSegHeader *h;
 
         if (v->pin_seq && seq > v->pin_seq) {
@@ -705,6 +709,14 @@ static int roll_forward(SpriteVolume *v, bool *gap, GError **errp)
         ret = sprite_segcache_header(v->cache, seq, &h, errp);
         if (ret < 0) {
             return ret;
+        }
+        if (size < h->header_len + h->data_len) {
+            g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s': segment %016"
+                        G_GINT64_MODIFIER "x is %" G_GUINT64_FORMAT " bytes, "
+                        "not %" G_GUINT64_FORMAT " (truncated, or still "
+                        "being written)", v->url_str, seq, size,
+                        h->header_len + h->data_len);
+            return -EIO;
         }
         ret = apply_segment(v, h, errp);
         if (ret < 0) {
@@ -1057,6 +1069,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
     g_autofree char *root = NULL;
     g_autofree char *segdir = NULL;
     uint64_t limit = o->cache_size ? o->cache_size : SPRITE_DEFAULT_CACHE_SIZE;
+    unsigned tries;
     int ret;
 
     v->read_only = o->read_only || pin;
@@ -1121,6 +1134,21 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         v->segment_due = v->lease_info.was_held;
     }
     ret = load_metadata(v, &d, true, errp);
+    /*
+     * A store whose PUTs are visible before they complete (s3rver writes
+     * objects in place) can show a reader the segment or metadata
+     * snapshot that the writer is uploading, cut short.  A second
+     * look finds it whole, while damage stays.
+     */
+    for (tries = 0; ret == -EIO && v->read_only && tries < RO_RELOADS;
+         tries++) {
+        g_usleep(RO_RELOAD_US);
+        g_clear_error(errp);
+        sprite_extmap_clear(v->map);
+        sprite_meta_close(v->meta);
+        v->meta = NULL;
+        ret = load_metadata(v, &d, false, errp);
+    }
     if (ret == 0 && pin_ckpt) {
         ret = pin_checkpoint(v, pin_ckpt, errp);
     }
