@@ -41,7 +41,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <libxml/parser.h>
@@ -79,7 +83,7 @@ typedef struct SpriteS3Store {
 
     /* Protected by @pool_lock */
     GMutex pool_lock;
-    GPtrArray *pool;            /* idle CURL easy handles */
+    GPtrArray *pool;            /* idle S3Handles */
 } SpriteS3Store;
 
 typedef struct S3Param {
@@ -94,7 +98,15 @@ typedef enum S3Method {
     S3_DELETE,
 } S3Method;
 
+/* An easy handle, with the socket of its connection for s3_ack_now(). */
+typedef struct S3Handle {
+    CURL *curl;
+    curl_socket_t fd;           /* CURL_SOCKET_BAD: none open */
+} S3Handle;
+
 typedef struct S3Request {
+    S3Handle *h;                /* the handle it runs on */
+
     /* What to send */
     S3Method method;
     const char *what;           /* "get", "put"... for messages */
@@ -203,6 +215,25 @@ static const char *s3_header_value(const char *line, const char *name)
     return line;
 }
 
+/*
+ * Acknowledge what @h received so far at once.  radosgw (beast) writes a
+ * response's headers and its body separately with Nagle's algorithm on,
+ * so a short body (a lease, a listing, an error) waits for our ACK of the
+ * headers, which Linux delays by up to 40 ms on a connection kept alive
+ * for request after request: most of the time of a small GET.
+ */
+static void s3_ack_now(S3Handle *h)
+{
+#ifdef TCP_QUICKACK
+    int one = 1;
+
+    if (h->fd != CURL_SOCKET_BAD) {
+        /* An optimisation only: failure costs the delay, nothing else. */
+        setsockopt(h->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    }
+#endif
+}
+
 static size_t s3_header_cb(char *data, size_t size, size_t nmemb,
                            void *opaque)
 {
@@ -212,7 +243,10 @@ static size_t s3_header_cb(char *data, size_t size, size_t nmemb,
     const char *v;
 
     g_strchomp(line);
-    if (g_str_has_prefix(line, "HTTP/")) {
+    if (!line[0] && r->status >= 200 && r->method != S3_HEAD) {
+        /* The end of a final response's headers: its body comes next. */
+        s3_ack_now(r->h);
+    } else if (g_str_has_prefix(line, "HTTP/")) {
         /* A new response (after a 100 Continue, say): start over */
         const char *sp = strchr(line, ' ');
 
@@ -356,9 +390,44 @@ static void s3_share_unlock(CURL *h, curl_lock_data data, void *opaque)
     g_mutex_unlock(&s->share_locks[data]);
 }
 
-static CURL *s3_handle_get(SpriteS3Store *s)
+/* libcurl opened the socket of a new connection of handle @opaque. */
+static int s3_sockopt_cb(void *opaque, curl_socket_t fd,
+                         curlsocktype purpose)
 {
-    CURL *h = NULL;
+    S3Handle *h = opaque;
+
+    h->fd = fd;
+    return CURL_SOCKOPT_OK;
+}
+
+static int s3_closesocket_cb(void *opaque, curl_socket_t fd)
+{
+    S3Handle *h = opaque;
+
+    if (h->fd == fd) {
+        h->fd = CURL_SOCKET_BAD;
+    }
+    return close(fd);
+}
+
+/* Options every request sets again after curl_easy_reset(). */
+static void s3_handle_setup(S3Handle *h)
+{
+    curl_easy_setopt(h->curl, CURLOPT_SOCKOPTFUNCTION, s3_sockopt_cb);
+    curl_easy_setopt(h->curl, CURLOPT_SOCKOPTDATA, h);
+    curl_easy_setopt(h->curl, CURLOPT_CLOSESOCKETFUNCTION, s3_closesocket_cb);
+    curl_easy_setopt(h->curl, CURLOPT_CLOSESOCKETDATA, h);
+}
+
+static void s3_handle_free(S3Handle *h)
+{
+    curl_easy_cleanup(h->curl);         /* may close h->fd */
+    g_free(h);
+}
+
+static S3Handle *s3_handle_get(SpriteS3Store *s)
+{
+    S3Handle *h = NULL;
 
     g_mutex_lock(&s->pool_lock);
     if (s->pool->len) {
@@ -368,14 +437,22 @@ static CURL *s3_handle_get(SpriteS3Store *s)
 
     if (h) {
         /* keeps the live connection, the share and the caches */
-        curl_easy_reset(h);
+        curl_easy_reset(h->curl);
     } else {
-        h = curl_easy_init();
+        CURL *curl = curl_easy_init();
+
+        if (!curl) {
+            return NULL;
+        }
+        h = g_new(S3Handle, 1);
+        h->curl = curl;
+        h->fd = CURL_SOCKET_BAD;
     }
+    s3_handle_setup(h);
     return h;
 }
 
-static void s3_handle_put(SpriteS3Store *s, CURL *h)
+static void s3_handle_put(SpriteS3Store *s, S3Handle *h)
 {
     g_mutex_lock(&s->pool_lock);
     if (s->pool->len < S3_POOL_MAX) {
@@ -384,7 +461,7 @@ static void s3_handle_put(SpriteS3Store *s, CURL *h)
     }
     g_mutex_unlock(&s->pool_lock);
     if (h) {
-        curl_easy_cleanup(h);
+        s3_handle_free(h);
     }
 }
 
@@ -444,14 +521,17 @@ static int s3_perform(SpriteS3Store *s, S3Request *r, const char *sha256,
     g_autofree char *h_range = NULL;
     g_autofree char *h_if_match = NULL;
     CURLcode cc;
+    S3Handle *sh;
     CURL *h;
     int ret = 0;
 
-    h = s3_handle_get(s);
-    if (!h) {
+    sh = s3_handle_get(s);
+    if (!sh) {
         return sprite_objstore_fail(errp, ENOMEM,
                                     "cannot create a libcurl handle");
     }
+    r->h = sh;
+    h = sh->curl;
 
     if (s->access_key_id) {
         h_sha = g_strdup_printf("x-amz-content-sha256: %s", sha256);
@@ -531,7 +611,7 @@ static int s3_perform(SpriteS3Store *s, S3Request *r, const char *sha256,
     /* the handle keeps no pointer into this frame past this point */
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-    s3_handle_put(s, h);
+    s3_handle_put(s, sh);
     curl_slist_free_all(hdrs);
     return ret;
 }
@@ -959,7 +1039,7 @@ static void s3_close(SpriteObjstore *os)
     SpriteS3Store *s = s3_store(os);
 
     for (guint i = 0; i < s->pool->len; i++) {
-        curl_easy_cleanup(s->pool->pdata[i]);
+        s3_handle_free(s->pool->pdata[i]);
     }
     g_ptr_array_free(s->pool, TRUE);
     g_mutex_clear(&s->pool_lock);
