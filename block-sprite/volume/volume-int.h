@@ -65,6 +65,7 @@ struct SpriteVolume {
      */
     GMutex flush_lock;
     uint64_t snap_seq;          /* newest uploaded metadata snapshot */
+    bool snap_inflight;         /* the shipper has one to upload */
 
     GMutex lock;
     /* Protected by @lock; also read without it, atomically (getlength
@@ -113,6 +114,7 @@ struct SpriteVolume {
     GThread *shipper;
     GCond ship_cond;
     bool ship_wanted;
+    bool snap_wanted;           /* upload a metadata snapshot */
     bool ship_stop;
 
     /* Deduplication of the VM state (volume.c), protected by @lock */

@@ -31,7 +31,9 @@
  *
  * Metadata.  Every SNAPSHOT_EVERY segments, and at close, a copy of the
  * database is uploaded as a metadata snapshot, so that opening on a host
- * with an empty cache costs one snapshot plus the segments after it.
+ * with an empty cache costs one snapshot plus the segments after it.  The
+ * shipper uploads it after the flush that made it due, which does not
+ * wait for it.
  *
  * Locking.  @flush_lock serialises flushes; @lock protects the maps and
  * logs and is held neither across a network request (a read of a durable
@@ -874,6 +876,7 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
 /* Open, close, create */
 
 static int flush_volume(SpriteVolume *v, GError **errp);
+static int upload_snapshot(SpriteVolume *v, GError **errp);
 
 /* Wake the shipper.  Called with v->lock held. */
 static void kick_shipper(SpriteVolume *v)
@@ -917,7 +920,7 @@ static gpointer shipper_main(gpointer opaque)
     while (!v->ship_stop) {
         int ret;
 
-        if (!v->ship_wanted) {
+        if (!v->ship_wanted && !v->snap_wanted) {
             int64_t now;
 
             g_cond_wait_until(&v->ship_cond, &v->lock,
@@ -934,13 +937,25 @@ static gpointer shipper_main(gpointer opaque)
             }
             continue;
         }
-        v->ship_wanted = false;
-        g_mutex_unlock(&v->lock);
-        /* A failure stays sealed: the next flush reports it. */
-        ret = flush_volume(v, NULL);
-        g_mutex_lock(&v->lock);
-        retry_at = ret < 0 && !v->fenced ?
-                   g_get_monotonic_time() + SHIP_RETRY_US : 0;
+        if (v->ship_wanted) {
+            v->ship_wanted = false;
+            g_mutex_unlock(&v->lock);
+            /* A failure stays sealed: the next flush reports it. */
+            ret = flush_volume(v, NULL);
+            g_mutex_lock(&v->lock);
+            retry_at = ret < 0 && !v->fenced ?
+                       g_get_monotonic_time() + SHIP_RETRY_US : 0;
+        }
+        if (v->snap_wanted) {
+            v->snap_wanted = false;
+            g_mutex_unlock(&v->lock);
+            /* Best effort: a missing snapshot only makes opening slower. */
+            upload_snapshot(v, NULL);
+            g_mutex_lock(&v->flush_lock);
+            v->snap_inflight = false;
+            g_mutex_unlock(&v->flush_lock);
+            g_mutex_lock(&v->lock);
+        }
     }
     g_mutex_unlock(&v->lock);
     return NULL;
@@ -2109,7 +2124,7 @@ out:
 
 /*
  * Upload a metadata snapshot of the database as it is now.
- * Called with v->flush_lock held and v->lock not held.
+ * Called with neither lock held.
  */
 static int upload_snapshot(SpriteVolume *v, GError **errp)
 {
@@ -2136,7 +2151,9 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
                               g_bytes_get_size(obj), SPRITE_PUT_DEFAULT,
                               NULL, NULL, errp);
     if (ret == 0) {
-        v->snap_seq = seq;
+        g_mutex_lock(&v->flush_lock);
+        v->snap_seq = MAX(v->snap_seq, seq);
+        g_mutex_unlock(&v->flush_lock);
     }
     return ret;
 }
@@ -2354,13 +2371,20 @@ static int flush_volume(SpriteVolume *v, GError **errp)
             break;
         }
     }
-    /* A checkpoint's chunks reach other hosts in a snapshot: send one. */
-    snapshot = ret == 0 && (v->seq - v->snap_seq >= SNAPSHOT_EVERY ||
-                            v->vm_index_saved);
+    /*
+     * A checkpoint's chunks reach other hosts in a snapshot: have one
+     * sent.  The shipper uploads it after this flush returns, which its
+     * durability does not need.
+     */
+    snapshot = ret == 0 && !v->snap_inflight &&
+               (v->seq - v->snap_seq >= SNAPSHOT_EVERY || v->vm_index_saved);
     if (snapshot) {
-        /* Best effort: a missing snapshot only makes opening slower. */
-        upload_snapshot(v, NULL);
+        v->snap_inflight = true;
         v->vm_index_saved = false;
+        g_mutex_lock(&v->lock);
+        v->snap_wanted = true;
+        g_cond_signal(&v->ship_cond);
+        g_mutex_unlock(&v->lock);
     }
     g_mutex_unlock(&v->flush_lock);
     return ret;
@@ -2421,9 +2445,7 @@ void sprite_volume_close(SpriteVolume *v)
     stop_shipper(v);
     if (!v->read_only && flush_volume(v, NULL) == 0) {
         if (v->seq > v->snap_seq) {
-            g_mutex_lock(&v->flush_lock);
             upload_snapshot(v, NULL);
-            g_mutex_unlock(&v->flush_lock);
         }
         /*
          * Only what is due: compaction would need another upload.  The
@@ -2436,9 +2458,7 @@ void sprite_volume_close(SpriteVolume *v)
             v->segment_due = true;
             g_mutex_unlock(&v->lock);
             if (flush_volume(v, NULL) == 0) {
-                g_mutex_lock(&v->flush_lock);
                 upload_snapshot(v, NULL);
-                g_mutex_unlock(&v->flush_lock);
             }
         }
     }
