@@ -465,8 +465,9 @@ class FaultsTest(unittest.TestCase):
         state of the last flush that succeeded, none of the writes since.
         Once segments are accepted again, the same writer's next flush
         uploads everything, the writes whose flushes failed included; that
-        flush reaches 64 segments, so it uploads a metadata snapshot too,
-        and a restore from that snapshot reads everything."""
+        flush reaches 64 segments, so the shipper uploads a metadata
+        snapshot after it, and a restore from that snapshot reads
+        everything."""
         # Writeback, as a guest's disk: writes are acknowledged from the
         # cache and only the flush commands upload.
         w = Writer([QEMU_IO, "-t", "writeback", "--image-opts",
@@ -502,9 +503,14 @@ class FaultsTest(unittest.TestCase):
             self.proxy.remove_rule(rule)
             out = w.cmd("flush")
             self.assertNotIn("sprite:", out)
-            # That flush put segments 63 and 64, then snapshot 64.
+            # That flush put segments 63 and 64; the shipper puts
+            # snapshot 64 once the flush has returned.
             volume = self.url.rsplit("/", 1)[1]
-            self.assertEqual(self.snapshots(), [f"{volume}/meta/{64:016x}"])
+            want = [f"{volume}/meta/{64:016x}"]
+            deadline = time.monotonic() + 30
+            while self.snapshots() != want and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(self.snapshots(), want)
             self.proxy.reset_stats()
             self.assertImage(self.restore(), image(writes),
                              "restored after shipping resumed")
