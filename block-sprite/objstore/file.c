@@ -477,7 +477,7 @@ static int file_get(SpriteObjstore *os, const char *key, uint64_t offset,
 }
 
 static int file_get_all(SpriteObjstore *os, const char *key, GBytes **out,
-                        GError **errp)
+                        char **etag_out, GError **errp)
 {
     struct stat st;
     g_autofree char *buf = NULL;
@@ -499,6 +499,9 @@ static int file_get_all(SpriteObjstore *os, const char *key, GBytes **out,
         return sprite_objstore_fail(errp, EIO,
                                     "get '%s': file shorter than its size",
                                     key);
+    }
+    if (etag_out) {
+        *etag_out = file_etag_of_buffer(buf, n);
     }
     *out = g_bytes_new_take(g_steal_pointer(&buf), n);
     return 0;

@@ -23,7 +23,7 @@ typedef struct SpriteObjstoreOps {
     int (*get)(SpriteObjstore *os, const char *key, uint64_t offset,
                size_t len, void *buf, size_t *got, GError **errp);
     int (*get_all)(SpriteObjstore *os, const char *key, GBytes **out,
-                   GError **errp);
+                   char **etag_out, GError **errp);
     int (*put)(SpriteObjstore *os, const char *key, const void *data,
                size_t len, SpriteObjstorePutFlags flags,
                const char *if_match, char **etag_out, GError **errp);

@@ -242,20 +242,23 @@ int sprite_objstore_get(SpriteObjstore *os, const char *key,
 }
 
 int sprite_objstore_get_all(SpriteObjstore *os, const char *key,
-                            GBytes **out, GError **errp)
+                            GBytes **out, char **etag_out, GError **errp)
 {
     GError *local = NULL;
     Backoff b;
     int ret;
 
     *out = NULL;
+    if (etag_out) {
+        *etag_out = NULL;
+    }
     ret = sprite_objstore_check_key(key, errp);
     if (ret < 0) {
         return ret;
     }
     backoff_init(os, &b);
     do {
-        ret = os->ops->get_all(os, key, out, &local);
+        ret = os->ops->get_all(os, key, out, etag_out, &local);
         g_assert((ret == 0) == (*out != NULL));
     } while (ret < 0 && backoff_retry(&b, ret, &local));
     return finish(os, ret, local, errp);
@@ -266,17 +269,17 @@ static bool same_content(SpriteObjstore *os, const char *key,
                          const void *data, size_t len, char **etag_out)
 {
     g_autoptr(GBytes) cur = NULL;
+    g_autofree char *etag = NULL;
     bool same;
 
-    if (os->ops->get_all(os, key, &cur, NULL) < 0) {
+    if (os->ops->get_all(os, key, &cur, &etag, NULL) < 0) {
         return false;
     }
     same = g_bytes_get_size(cur) == len &&
            memcmp(g_bytes_get_data(cur, NULL), data, len) == 0;
     if (same && etag_out) {
         g_free(*etag_out);
-        *etag_out = NULL;
-        os->ops->head(os, key, NULL, etag_out, NULL);
+        *etag_out = g_steal_pointer(&etag);
     }
     return same;
 }

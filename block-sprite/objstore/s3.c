@@ -784,7 +784,7 @@ out:
 }
 
 static int s3_get_all(SpriteObjstore *os, const char *key, GBytes **out,
-                      GError **errp)
+                      char **etag_out, GError **errp)
 {
     SpriteS3Store *s = s3_store(os);
     S3Request r = {
@@ -797,8 +797,15 @@ static int s3_get_all(SpriteObjstore *os, const char *key, GBytes **out,
     if (ret == 0 && r.status != 200) {
         ret = s3_http_error(s, &r, errp);
     }
+    if (ret == 0 && etag_out && !r.etag) {
+        ret = sprite_objstore_fail(errp, EIO, "get '%s': no ETag in the "
+                                   "reply", key);
+    }
     if (ret == 0) {
         *out = g_byte_array_free_to_bytes(g_steal_pointer(&r.body));
+        if (etag_out) {
+            *etag_out = g_steal_pointer(&r.etag);
+        }
     } else {
         g_byte_array_unref(r.body);
     }

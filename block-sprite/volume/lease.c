@@ -144,7 +144,7 @@ int sprite_lease_take(SpriteObjstore *os, const char *volume,
     l->lease_ms = lease_ms;
     memset(info, 0, sizeof(*info));
 
-    ret = sprite_objstore_get_all(os, l->key, &cur, errp);
+    ret = sprite_objstore_get_all(os, l->key, &cur, &cur_etag, errp);
     if (ret == -ENOENT) {
         g_clear_error(errp);
         l->epoch = 1;
@@ -162,10 +162,7 @@ int sprite_lease_take(SpriteObjstore *os, const char *volume,
     } else if (ret < 0) {
         goto fail;
     } else {
-        ret = sprite_objstore_head(os, l->key, NULL, &cur_etag, errp);
-        if (ret < 0) {
-            goto fail;
-        }
+        /* The ETag is the GET's: a HEAD after it could see a newer lease. */
         if (!parse_holder(cur, &h)) {
             g_set_error(errp, SPRITE_ERROR, EIO, "volume '%s': its lease "
                         "object is unreadable", url);

@@ -294,7 +294,7 @@ static int read_descriptor(SpriteObjstore *os, const SpriteUrl *u,
     g_autofree char *url = sprite_url_to_string(u);
     int ret;
 
-    ret = sprite_objstore_get_all(os, key, &obj, errp);
+    ret = sprite_objstore_get_all(os, key, &obj, NULL, errp);
     if (ret == -ENOENT) {
         g_clear_error(errp);
         g_set_error(errp, SPRITE_ERROR, ENOENT,
@@ -503,7 +503,7 @@ static int restore_meta(SpriteVolume *v, const Descriptor *d, GError **errp)
         size_t len;
         uint64_t seq;
 
-        ret = sprite_objstore_get_all(v->os, key, &obj, errp);
+        ret = sprite_objstore_get_all(v->os, key, &obj, NULL, errp);
         if (ret < 0) {
             return ret;
         }

@@ -1518,7 +1518,7 @@ static void test_corrupt(gconstpointer data)
 
     os = open_store(b, url, &u);
     key = sprite_key_segment(u->volume, 1);
-    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
+    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, NULL, &err), ==, 0);
     copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));
     copy[len - 10] ^= 0xff;     /* a data byte of the last chunk */
     g_assert_cmpint(sprite_objstore_put(os, key, copy, len,
@@ -1567,7 +1567,7 @@ static void test_newer_format(gconstpointer data)
     g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==, 0);
     os = open_store(b, url, &u);
     key = sprite_key_descriptor(u->volume);
-    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, &err), ==, 0);
+    g_assert_cmpint(sprite_objstore_get_all(os, key, &obj, NULL, &err), ==, 0);
     copy = g_memdup2(g_bytes_get_data(obj, &len), g_bytes_get_size(obj));
     copy[8] = SPRITE_FORMAT_VERSION + 1;
     g_assert_cmpint(sprite_objstore_put(os, key, copy, len,

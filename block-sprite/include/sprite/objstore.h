@@ -129,9 +129,10 @@ int sprite_objstore_get(SpriteObjstore *os, const char *key,
                         size_t *got, GError **errp);
 
 /* Read the whole object @key.  On success *@out is a GBytes the caller
- * owns (g_bytes_unref). */
+ * owns (g_bytes_unref) and, if @etag_out is not NULL, *@etag_out the
+ * ETag of those very bytes (unquoted; g_free). */
 int sprite_objstore_get_all(SpriteObjstore *os, const char *key,
-                            GBytes **out, GError **errp);
+                            GBytes **out, char **etag_out, GError **errp);
 
 typedef enum SpriteObjstorePutFlags {
     SPRITE_PUT_DEFAULT = 0,
