@@ -147,6 +147,14 @@ static void touch(SpriteSegCache *c, CachedSeg *s)
     g_queue_push_tail_link(&c->lru, &s->link);
 }
 
+/* A read or a prefetch of @s is done with it.  Called with c->lock held. */
+static void unpin(SpriteSegCache *c, CachedSeg *s)
+{
+    if (--s->users == 0) {
+        g_cond_broadcast(&c->fetched);    /* for sprite_segcache_drop_all() */
+    }
+}
+
 static void account(SpriteSegCache *c, CachedSeg *s, uint64_t bytes)
 {
     s->bytes += bytes;
@@ -233,6 +241,20 @@ void sprite_segcache_drop_all(SpriteSegCache *c)
     gpointer v;
 
     g_mutex_lock(&c->lock);
+    /* No prefetch may start, nor one under way use what is freed here. */
+    g_queue_clear_full(&c->prefetch_q, g_free);
+    for (;;) {
+        bool busy = false;
+
+        g_hash_table_iter_init(&it, c->segs);
+        while (!busy && g_hash_table_iter_next(&it, NULL, &v)) {
+            busy = ((CachedSeg *)v)->users > 0;
+        }
+        if (!busy) {
+            break;
+        }
+        g_cond_wait(&c->fetched, &c->lock);
+    }
     g_hash_table_iter_init(&it, c->segs);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
         CachedSeg *s = v;
@@ -690,7 +712,7 @@ static gpointer prefetch_main(gpointer opaque)
             s->users++;
             /* A failure only leaves the chunks to the reader. */
             fetch_locked(c, s, i, end, i, &good, NULL);
-            s->users--;
+            unpin(c, s);
         }
     }
     g_mutex_unlock(&c->lock);
@@ -748,7 +770,7 @@ static int segcache_read(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
             ret = io_error(-ret, errp, "read", path);
         }
     }
-    s->users--;
+    unpin(c, s);
     return ret;
 }
 
@@ -806,7 +828,7 @@ int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
     s->users++;
     touch(c, s);
     ret = pread_pinned(c, s, data_off, len, buf);
-    s->users--;
+    unpin(c, s);
 out:
     g_mutex_unlock(&c->lock);
     return ret < 0 ? ret : 0;

@@ -73,7 +73,8 @@ typedef struct SpriteSegHeader SpriteSegHeader;
 int sprite_segcache_header(SpriteSegCache *c, uint64_t seq,
                            const SpriteSegHeader **out, GError **errp);
 
-/* Forget everything cached (the files too). */
+/* Forget everything cached (the files too), once reads and prefetches
+ * under way are done with it. */
 void sprite_segcache_drop_all(SpriteSegCache *c);
 
 /* Forget segment @seq (deleted from the store), unless a reader uses it
