@@ -877,6 +877,7 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
 
 static int flush_volume(SpriteVolume *v, GError **errp);
 static int upload_snapshot(SpriteVolume *v, GError **errp);
+static void request_snapshot(SpriteVolume *v);
 
 /* Wake the shipper.  Called with v->lock held. */
 static void kick_shipper(SpriteVolume *v)
@@ -950,9 +951,13 @@ static gpointer shipper_main(gpointer opaque)
             v->snap_wanted = false;
             g_mutex_unlock(&v->lock);
             /* Best effort: a missing snapshot only makes opening slower. */
-            upload_snapshot(v, NULL);
+            ret = upload_snapshot(v, NULL);
             g_mutex_lock(&v->flush_lock);
             v->snap_inflight = false;
+            if (ret == 0) {
+                /* What flushes asked for meanwhile (a failure waits). */
+                request_snapshot(v);
+            }
             g_mutex_unlock(&v->flush_lock);
             g_mutex_lock(&v->lock);
         }
@@ -1162,7 +1167,8 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         sprite_extmap_clear(v->map);
         sprite_meta_close(v->meta);
         v->meta = NULL;
-        ret = load_metadata(v, &d, false, errp);
+        /* The database holds only whole segments: go on from it. */
+        ret = load_metadata(v, &d, true, errp);
     }
     if (ret == 0 && pin_ckpt) {
         ret = pin_checkpoint(v, pin_ckpt, errp);
@@ -2339,13 +2345,35 @@ static int upload_sealed(SpriteVolume *v, GError **errp)
 }
 
 /*
+ * Have the shipper upload a metadata snapshot if one is due: every
+ * SNAPSHOT_EVERY segments, and after a checkpoint's VM state index was
+ * saved (its chunks reach other hosts in a snapshot).  It does so after
+ * the flush that made it due has returned, since a flush's durability
+ * does not need it.  Called with v->flush_lock held.
+ */
+static void request_snapshot(SpriteVolume *v)
+{
+    uint64_t seq = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
+
+    if (v->snap_inflight ||
+        (seq - v->snap_seq < SNAPSHOT_EVERY && !v->vm_index_saved)) {
+        return;
+    }
+    v->snap_inflight = true;
+    v->vm_index_saved = false;
+    g_mutex_lock(&v->lock);
+    v->snap_wanted = true;
+    g_cond_signal(&v->ship_cond);
+    g_mutex_unlock(&v->lock);
+}
+
+/*
  * Make every write acknowledged before the call durable: upload a
  * segment left sealed by a failed flush, then the pending log.
  * Called with neither lock held.
  */
 static int flush_volume(SpriteVolume *v, GError **errp)
 {
-    bool snapshot;
     int ret;
 
     g_mutex_lock(&v->flush_lock);
@@ -2371,20 +2399,8 @@ static int flush_volume(SpriteVolume *v, GError **errp)
             break;
         }
     }
-    /*
-     * A checkpoint's chunks reach other hosts in a snapshot: have one
-     * sent.  The shipper uploads it after this flush returns, which its
-     * durability does not need.
-     */
-    snapshot = ret == 0 && !v->snap_inflight &&
-               (v->seq - v->snap_seq >= SNAPSHOT_EVERY || v->vm_index_saved);
-    if (snapshot) {
-        v->snap_inflight = true;
-        v->vm_index_saved = false;
-        g_mutex_lock(&v->lock);
-        v->snap_wanted = true;
-        g_cond_signal(&v->ship_cond);
-        g_mutex_unlock(&v->lock);
+    if (ret == 0) {
+        request_snapshot(v);
     }
     g_mutex_unlock(&v->flush_lock);
     return ret;
