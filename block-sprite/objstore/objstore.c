@@ -272,7 +272,8 @@ static bool same_content(SpriteObjstore *os, const char *key,
     g_autofree char *etag = NULL;
     bool same;
 
-    if (os->ops->get_all(os, key, &cur, &etag, NULL) < 0) {
+    if (os->ops->get_all(os, key, &cur, etag_out ? &etag : NULL,
+                         NULL) < 0) {
         return false;
     }
     same = g_bytes_get_size(cur) == len &&
