@@ -804,6 +804,20 @@ static int load_checkpoints(SpriteVolume *v, GError **errp)
     return ret;
 }
 
+static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
+                         GError **errp);
+
+/* load_metadata() again, after an attempt that failed with *@errp. */
+static int reload_metadata(SpriteVolume *v, const Descriptor *d,
+                           bool local, GError **errp)
+{
+    g_clear_error(errp);
+    sprite_extmap_clear(v->map);
+    sprite_meta_close(v->meta);
+    v->meta = NULL;
+    return load_metadata(v, d, local, errp);
+}
+
 /*
  * Load the volume's metadata: the local database rolled forward if it is
  * usable, else the newest metadata snapshot on the store rolled forward.
@@ -860,11 +874,7 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
          * The garbage collector deleted segments after our database that
          * a newer snapshot made unnecessary: start from that snapshot.
          */
-        g_clear_error(errp);
-        sprite_extmap_clear(v->map);
-        sprite_meta_close(v->meta);
-        v->meta = NULL;
-        return load_metadata(v, d, false, errp);
+        return reload_metadata(v, d, false, errp);
     }
     if (ret == 0) {
         ret = load_checkpoints(v, errp);
@@ -1163,12 +1173,8 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
     for (tries = 0; ret == -EIO && v->read_only && tries < RO_RELOADS;
          tries++) {
         g_usleep(RO_RELOAD_US);
-        g_clear_error(errp);
-        sprite_extmap_clear(v->map);
-        sprite_meta_close(v->meta);
-        v->meta = NULL;
         /* The database holds only whole segments: go on from it. */
-        ret = load_metadata(v, &d, true, errp);
+        ret = reload_metadata(v, &d, true, errp);
     }
     if (ret == 0 && pin_ckpt) {
         ret = pin_checkpoint(v, pin_ckpt, errp);
@@ -2460,7 +2466,8 @@ void sprite_volume_close(SpriteVolume *v)
     }
     stop_shipper(v);
     if (!v->read_only && flush_volume(v, NULL) == 0) {
-        if (v->seq > v->snap_seq) {
+        /* Also one that was asked for and not uploaded yet. */
+        if (v->seq > v->snap_seq || v->snap_inflight) {
             upload_snapshot(v, NULL);
         }
         /*
