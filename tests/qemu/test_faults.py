@@ -323,14 +323,20 @@ class FaultsTest(unittest.TestCase):
                 f"{',takeover=on' if takeover else ''}",
                 "-device", "virtio-blk-pci,drive=d0"]
 
-    def wait_durable(self, g):
-        deadline = time.monotonic() + 60
-        while not all(c["durable"] for n in
-                      g.qmp.execute("query-named-block-nodes")
-                      if n["node-name"] == "d0" for c in
-                      n["image"]["format-specific"]["data"]["checkpoints"]):
-            self.assertLess(time.monotonic(), deadline)
+    def wait_until(self, ready, timeout, why=lambda: ""):
+        """Poll `ready()` until it is true; fail after `timeout` seconds,
+        with the message `why()`."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.assertLess(time.monotonic(), deadline, why())
             time.sleep(0.1)
+
+    def wait_durable(self, g):
+        self.wait_until(lambda: all(
+            c["durable"] for n in g.qmp.execute("query-named-block-nodes")
+            if n["node-name"] == "d0"
+            for c in n["image"]["format-specific"]["data"]["checkpoints"]),
+            60)
 
     def lazy_checkpoint(self, *setup, data="/tmp/blob"):
         """Checkpoint c1, durable, of a guest that ran the `setup`
@@ -375,19 +381,14 @@ class FaultsTest(unittest.TestCase):
             down = self.proxy.add_rule("down")
             pos = g.console_position()
             g.start_script("md5sum </tmp/blob")
-            deadline = time.monotonic() + 30
-            while ("Could not read RAM from the snapshot"
-                   not in g.qemu_output()):
-                self.assertLess(time.monotonic(), deadline, g.qemu_output())
-                time.sleep(0.1)
+            self.wait_until(lambda: "Could not read RAM from the snapshot"
+                            in g.qemu_output(), 30, g.qemu_output)
             time.sleep(1)
             self.assertNotIn(want, g.console()[pos:])
             self.proxy.remove_rule(down)
             g.wait_console(want.encode(), pos, 60)
-            deadline = time.monotonic() + 60
-            while "ram_lazy_load_done" not in g.qemu_output():
-                self.assertLess(time.monotonic(), deadline, g.qemu_output())
-                time.sleep(0.1)
+            self.wait_until(lambda: "ram_lazy_load_done" in g.qemu_output(),
+                            60, g.qemu_output)
             log = g.qemu_output()
             self.assertIn("Reading RAM from the snapshot works again", log)
             self.assertRegex(log, r"ram_lazy_load_done \d+ pages held, "
@@ -507,10 +508,8 @@ class FaultsTest(unittest.TestCase):
             # snapshot 64 once the flush has returned.
             volume = self.url.rsplit("/", 1)[1]
             want = [f"{volume}/meta/{64:016x}"]
-            deadline = time.monotonic() + 30
-            while self.snapshots() != want and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self.assertEqual(self.snapshots(), want)
+            self.wait_until(lambda: self.snapshots() == want, 30,
+                            lambda: f"snapshots: {self.snapshots()}")
             self.proxy.reset_stats()
             self.assertImage(self.restore(), image(writes),
                              "restored after shipping resumed")
