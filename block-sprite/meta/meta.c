@@ -43,6 +43,9 @@ static const char schema[] =
     "  ckpt INTEGER NOT NULL, hash BLOB NOT NULL, seg INTEGER NOT NULL,"
     "  data_off INTEGER NOT NULL, length INTEGER NOT NULL,"
     "  PRIMARY KEY (ckpt, hash)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS restore_sets("
+    "  ckpt INTEGER NOT NULL, ord INTEGER NOT NULL, unit INTEGER NOT NULL,"
+    "  PRIMARY KEY (ckpt, ord)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS garbage("
     "  key TEXT PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO volume VALUES ('format', '1');";
@@ -352,6 +355,10 @@ int sprite_meta_delete_checkpoint(SpriteMeta *m, uint64_t id, GError **errp)
         ret = exec_bound(m, "DELETE FROM vm_chunks WHERE ckpt = ?1", id, 0,
                          NULL, errp);
     }
+    if (ret == 0) {
+        ret = exec_bound(m, "DELETE FROM restore_sets WHERE ckpt = ?1", id,
+                         0, NULL, errp);
+    }
     return ret;
 }
 
@@ -413,6 +420,60 @@ int sprite_meta_foreach_vm_chunk(SpriteMeta *m, uint64_t ckpt,
         G_GUINT64_FORMAT, ckpt);
 
     return foreach_row(m, sql, chunk_row, &c, errp);
+}
+
+int sprite_meta_set_restore_set(SpriteMeta *m, uint64_t ckpt,
+                                const uint64_t *units, size_t n,
+                                GError **errp)
+{
+    sqlite3_stmt *st;
+    size_t i;
+    int rc = SQLITE_DONE, ret;
+
+    ret = sprite_meta_begin(m, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = exec_bound(m, "DELETE FROM restore_sets WHERE ckpt = ?1", ckpt, 0,
+                     NULL, errp);
+    if (ret == 0) {
+        ret = prepare(m, "INSERT INTO restore_sets VALUES (?1, ?2, ?3)", &st,
+                      errp);
+    }
+    if (ret < 0) {
+        sprite_meta_rollback(m);
+        return ret;
+    }
+    for (i = 0; i < n && rc == SQLITE_DONE; i++) {
+        sqlite3_bind_int64(st, 1, ckpt);
+        sqlite3_bind_int64(st, 2, i);
+        sqlite3_bind_int64(st, 3, units[i]);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        sprite_meta_rollback(m);
+        return sql_error(m, rc, "insert restore set", errp);
+    }
+    return sprite_meta_commit(m, errp);
+}
+
+static void unit_row(sqlite3_stmt *st, void *ctx)
+{
+    uint64_t unit = sqlite3_column_int64(st, 0);
+
+    g_array_append_val((GArray *)ctx, unit);
+}
+
+int sprite_meta_get_restore_set(SpriteMeta *m, uint64_t ckpt, GArray *units,
+                                GError **errp)
+{
+    g_autofree char *sql = g_strdup_printf(
+        "SELECT unit FROM restore_sets WHERE ckpt = %" G_GUINT64_FORMAT
+        " ORDER BY ord", ckpt);
+
+    return foreach_row(m, sql, unit_row, units, errp);
 }
 
 typedef struct CheckpointRows {

@@ -27,6 +27,11 @@
  *                    (16 bytes, low half first, each little-endian) and
  *                    where their bytes are, for the next checkpoint to
  *                    refer to (volume.c); not every checkpoint has them
+ *   restore_sets(ckpt, ord, unit, PRIMARY KEY (ckpt, ord))
+ *                 -- the MiB of a checkpoint's VM state that a restore
+ *                    with an empty cache read first, in the order read
+ *                    (unit N: bytes N MiB to N+1 MiB of the area), for
+ *                    the next restore to fetch ahead (volume.c); a hint
  *   garbage(key TEXT PRIMARY KEY, since)
  *                 -- objects the garbage collector found unreferenced,
  *                    and since when (Unix time in microseconds)
@@ -122,6 +127,18 @@ int sprite_meta_foreach_vm_chunk(SpriteMeta *m, uint64_t ckpt,
                                  void (*fn)(const SpriteChunkRef *ref,
                                             void *opaque),
                                  void *opaque, GError **errp);
+
+/*
+ * Record @units (@n of them) as the restore set of checkpoint @ckpt
+ * (forgotten with it), replacing any it had.
+ */
+int sprite_meta_set_restore_set(SpriteMeta *m, uint64_t ckpt,
+                                const uint64_t *units, size_t n,
+                                GError **errp);
+
+/* Append the restore set of checkpoint @ckpt (if any) to @units. */
+int sprite_meta_get_restore_set(SpriteMeta *m, uint64_t ckpt, GArray *units,
+                                GError **errp);
 
 /* Call @fn for every segment recorded, by increasing @seq. */
 int sprite_meta_foreach_segment(SpriteMeta *m,

@@ -791,15 +791,22 @@ int sprite_segcache_fetch(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
     return sprite_segcache_read(c, seq, data_off, len, NULL, errp);
 }
 
-bool sprite_segcache_has_data(SpriteSegCache *c, uint64_t seq)
+bool sprite_segcache_mostly_cached(SpriteSegCache *c, uint64_t seq)
 {
     CachedSeg *s;
     bool has;
 
     g_mutex_lock(&c->lock);
     s = g_hash_table_lookup(c->segs, &seq);
-    /* A file found at open has not had its header read yet. */
-    has = s && s->bytes > (s->h ? s->h->header_len : SPRITE_CHUNK_SIZE);
+    if (!s) {
+        has = false;
+    } else if (!s->h) {
+        /* A file found at open has not had its header read yet. */
+        has = s->bytes > SPRITE_CHUNK_SIZE;
+    } else {
+        has = (s->bytes - MIN(s->bytes, s->h->header_len)) * 2 >=
+              s->h->data_len;
+    }
     g_mutex_unlock(&c->lock);
     return has;
 }

@@ -55,9 +55,12 @@ int sprite_segcache_read_cached(SpriteSegCache *c, uint64_t seq,
 int sprite_segcache_fetch(SpriteSegCache *c, uint64_t seq, uint64_t data_off,
                           uint64_t len, GError **errp);
 
-/* Whether the cache holds (or fetches now) data of segment @seq, not
- * just its header.  A guess for files found at open: more than a chunk. */
-bool sprite_segcache_has_data(SpriteSegCache *c, uint64_t seq);
+/*
+ * Whether the cache holds (or fetches now) at least half of segment
+ * @seq's data: not when it read just its header, or a record for an open.
+ * A guess for files found at open: more than a chunk.
+ */
+bool sprite_segcache_mostly_cached(SpriteSegCache *c, uint64_t seq);
 
 /* Add a segment just written to the store (@obj is the whole object). */
 int sprite_segcache_insert(SpriteSegCache *c, uint64_t seq,

@@ -42,6 +42,7 @@ typedef struct Ckpt {
     uint64_t seq;               /* the segment that holds its record */
     uint64_t written;           /* SpriteVolume's bytes written, then */
     SpriteExtmap *map;          /* its extents; NULL: in the database */
+    unsigned restore_units;     /* the size of its restore set (volume.c) */
 } Ckpt;
 
 struct SpriteVolume {
@@ -101,7 +102,7 @@ struct SpriteVolume {
     uint64_t cache_limit;       /* bytes */
 
     /* Fetching a checkpoint's VM state ahead of the loadvm that follows
-     * a goto (volume.c: warm_vmstate) */
+     * a goto (volume.c: warm_queue) */
     GThreadPool *warm_pool;     /* created with @lock held */
     unsigned warm_gen;          /* bumped by each goto; atomic */
 
@@ -131,8 +132,13 @@ struct SpriteVolume {
     GHashTable *vm_unsaved;     /* the index of checkpoint @vm_unsaved_id,
                                  * whose record is not applied yet */
     uint64_t vm_unsaved_id;
-    bool vm_index_saved;        /* in the database, not yet in a snapshot
-                                 * (protected by @flush_lock) */
+    bool snap_due;              /* the database holds what no snapshot
+                                 * has yet (a checkpoint's VM state index,
+                                 * a restore set), protected by @lock */
+
+    /* The restore set being recorded (volume.c), protected by @lock */
+    uint64_t rec_id;            /* of this checkpoint; 0: none (atomic) */
+    GArray *rec_units;          /* uint64_t, in the order first read */
 
     /* Garbage collection (gc.c): one pass at a time */
     GMutex gc_lock;

@@ -793,6 +793,7 @@ static void load_ckpt_cb(uint64_t id, uint64_t seq, const char *info,
 static int load_checkpoints(SpriteVolume *v, GError **errp)
 {
     LoadCkptCtx l = { .v = v };
+    guint i;
     int ret;
 
     g_ptr_array_set_size(v->ckpts, 0);
@@ -800,6 +801,14 @@ static int load_checkpoints(SpriteVolume *v, GError **errp)
     if (ret == 0 && l.err) {
         g_propagate_prefixed_error(errp, l.err, "volume '%s': ", v->url_str);
         ret = -EIO;
+    }
+    for (i = 0; ret == 0 && i < v->ckpts->len; i++) {
+        Ckpt *c = g_ptr_array_index(v->ckpts, i);
+        g_autoptr(GArray) units = g_array_new(FALSE, FALSE,
+                                              sizeof(uint64_t));
+
+        ret = sprite_meta_get_restore_set(v->meta, c->pub.id, units, errp);
+        c->restore_units = units->len;
     }
     return ret;
 }
@@ -894,6 +903,77 @@ static void kick_shipper(SpriteVolume *v)
 {
     v->ship_wanted = true;
     g_cond_signal(&v->ship_cond);
+}
+
+/*
+ * Restore sets.  What a restore reads first of a checkpoint's VM state is
+ * much the same each time: the device state, then the pages the guest
+ * touches as it resumes, which QEMU's on-demand loader (patch 7 of the
+ * series) reads as they fault, the rest coming in the background.  A
+ * goto to a checkpoint most of whose VM state is not cached (a restore on
+ * another host) records which units of RESTORE_UNIT bytes the VM state
+ * reads touch, in order, up to RESTORE_SET_UNITS of them.  The set is
+ * kept in the database, and so reaches other hosts with the next
+ * metadata snapshot; a later goto to the checkpoint fetches those units
+ * first, several at once, while QEMU is still setting the machine up
+ * (warm_queue()).  It is a hint: losing it costs only time.
+ */
+#define RESTORE_UNIT (1ULL << 20)
+#define RESTORE_SET_UNITS 64
+
+/*
+ * Stop recording, and store the restore set recorded if its checkpoint
+ * is still there.  Called with v->lock held.
+ */
+static void restore_set_end(SpriteVolume *v)
+{
+    g_autofree char *id = NULL;
+    Ckpt *c;
+
+    if (!v->rec_id) {
+        return;
+    }
+    id = g_strdup_printf("%" G_GUINT64_FORMAT, v->rec_id);
+    c = find_ckpt(v, id, NULL);
+    if (c && v->rec_units->len &&
+        sprite_meta_set_restore_set(v->meta, c->pub.id,
+                                    (uint64_t *)v->rec_units->data,
+                                    v->rec_units->len, NULL) == 0) {
+        g_mutex_lock(&v->ckpt_lock);
+        c->restore_units = v->rec_units->len;
+        g_mutex_unlock(&v->ckpt_lock);
+        v->snap_due = true;
+        kick_shipper(v);
+    }
+    __atomic_store_n(&v->rec_id, 0, __ATOMIC_RELAXED);
+    g_array_set_size(v->rec_units, 0);
+}
+
+/* VM state [@pos, @pos + @len) is being read.  Called with v->lock held. */
+static void restore_set_note(SpriteVolume *v, uint64_t pos, uint64_t len)
+{
+    uint64_t unit;
+    guint i;
+
+    if (!v->rec_id || !len) {
+        return;
+    }
+    for (unit = pos / RESTORE_UNIT; unit <= (pos + len - 1) / RESTORE_UNIT;
+         unit++) {
+        for (i = 0; i < v->rec_units->len; i++) {
+            if (g_array_index(v->rec_units, uint64_t, i) == unit) {
+                break;
+            }
+        }
+        if (i < v->rec_units->len) {
+            continue;
+        }
+        g_array_append_val(v->rec_units, unit);
+        if (v->rec_units->len == RESTORE_SET_UNITS) {
+            restore_set_end(v);
+            return;
+        }
+    }
 }
 
 /*
@@ -1008,6 +1088,7 @@ static SpriteVolume *volume_new(void)
     g_cond_init(&v->pend_idle);
     v->vm_buf = g_byte_array_new();
     v->vm_stream = vm_index_new();
+    v->rec_units = g_array_new(FALSE, FALSE, sizeof(uint64_t));
     sprite_chunker_reset(&v->vm_chunker);
     v->ckpts = g_ptr_array_new_with_free_func(ckpt_free);
     return v;
@@ -1047,6 +1128,7 @@ static void volume_free(SpriteVolume *v)
     g_array_free(v->records, TRUE);
     g_byte_array_free(v->vm_buf, TRUE);
     g_hash_table_destroy(v->vm_stream);
+    g_array_free(v->rec_units, TRUE);
     if (v->vm_ckpt) {
         g_hash_table_unref(v->vm_ckpt);
     }
@@ -1728,7 +1810,7 @@ static int vm_index_save(SpriteVolume *v, GError **errp)
         memcpy(ref.hash + 8, &hi, 8);
         g_array_append_val(refs, ref);
     }
-    v->vm_index_saved = true;
+    v->snap_due = true;
     return sprite_meta_add_vm_chunks(v->meta, v->vm_unsaved_id,
                                      (SpriteChunkRef *)refs->data, refs->len,
                                      errp);
@@ -2005,6 +2087,7 @@ int sprite_volume_vmstate_writev(SpriteVolume *v, uint64_t pos, uint64_t len,
     }
     g_assert(iov_len(iov, iovcnt) >= len);
     g_mutex_lock(&v->lock);
+    restore_set_end(v);
     ret = check_writable(v, errp);
     if (ret == 0 && pos != 0 &&
         (v->vm_in_place || pos != v->vm_pos + v->vm_buf->len)) {
@@ -2352,24 +2435,25 @@ static int upload_sealed(SpriteVolume *v, GError **errp)
 
 /*
  * Have the shipper upload a metadata snapshot if one is due: every
- * SNAPSHOT_EVERY segments, and after a checkpoint's VM state index was
- * saved (its chunks reach other hosts in a snapshot).  It does so after
- * the flush that made it due has returned, since a flush's durability
- * does not need it.  Called with v->flush_lock held.
+ * SNAPSHOT_EVERY segments, and after the database got what only a
+ * snapshot takes to other hosts (v->snap_due).  It does so after the
+ * flush that made it due has returned, since a flush's durability does
+ * not need it.  Called with v->flush_lock held.
  */
 static void request_snapshot(SpriteVolume *v)
 {
     uint64_t seq = __atomic_load_n(&v->seq, __ATOMIC_RELAXED);
 
-    if (v->snap_inflight ||
-        (seq - v->snap_seq < SNAPSHOT_EVERY && !v->vm_index_saved)) {
+    if (v->snap_inflight) {
         return;
     }
-    v->snap_inflight = true;
-    v->vm_index_saved = false;
     g_mutex_lock(&v->lock);
-    v->snap_wanted = true;
-    g_cond_signal(&v->ship_cond);
+    if (seq - v->snap_seq >= SNAPSHOT_EVERY || v->snap_due) {
+        v->snap_inflight = true;
+        v->snap_due = false;
+        v->snap_wanted = true;
+        g_cond_signal(&v->ship_cond);
+    }
     g_mutex_unlock(&v->lock);
 }
 
@@ -2464,9 +2548,13 @@ void sprite_volume_close(SpriteVolume *v)
     if (!v) {
         return;
     }
+    g_mutex_lock(&v->lock);
+    restore_set_end(v);
+    g_mutex_unlock(&v->lock);
     stop_shipper(v);
     if (!v->read_only && flush_volume(v, NULL) == 0) {
-        /* Also one that was asked for and not uploaded yet. */
+        /* Also one that was asked for (a restore set, say) and not
+         * uploaded yet. */
         if (v->seq > v->snap_seq || v->snap_inflight) {
             upload_snapshot(v, NULL);
         }
@@ -2700,6 +2788,11 @@ int sprite_volume_vmstate_readv(SpriteVolume *v, uint64_t pos, uint64_t len,
 {
     int ret = check_vmstate_range(pos, len, errp);
 
+    if (ret == 0 && __atomic_load_n(&v->rec_id, __ATOMIC_RELAXED)) {
+        g_mutex_lock(&v->lock);
+        restore_set_note(v, pos, len);
+        g_mutex_unlock(&v->lock);
+    }
     /* What the stream buffer holds is read from where it is stored. */
     if (ret == 0 && v->vm_buf->len) {
         ret = vm_cut_making_room(v, true, errp);
@@ -2869,17 +2962,18 @@ out:
 }
 
 /*
- * A goto is followed by a loadvm, which reads the checkpoint's VM state
- * in order, one piece at a time.  On a host whose cache lacks it (a
- * restore elsewhere), fetch it meanwhile from several segments at once,
- * each in order so that the segment cache reads ahead, and the loadvm
- * finds it fetched or on the way.
+ * A goto is followed by a loadvm, which reads the checkpoint's VM state.
+ * On a host whose cache lacks it (a restore elsewhere), fetch meanwhile,
+ * from several segments at once:
  *
- * Only from the file store for now: there a fetch is a local copy, and
- * -loadvm of 346 MiB took 0.6 s instead of 0.85 to 1.6.  From radosgw on the same
- * 2-core host it took 2.6 to 3.2 s instead of 2.1 to 2.6: the server
- * shares the CPUs, and the segment cache's read-ahead already keeps two
- * runs of ranged GETs in flight for the loadvm (docs/performance.md).
+ * - the checkpoint's restore set, if it has one, in the order recorded;
+ * - from the file store, all of its VM state, each run in order so that
+ *   the segment cache reads ahead, and the loadvm finds it fetched or on
+ *   the way.  There a fetch is a local copy, and -loadvm of 346 MiB took
+ *   0.6 s instead of 0.85 to 1.6.  From radosgw on the same 2-core host
+ *   it took 2.6 to 3.2 s instead of 2.1 to 2.6: the server shares the
+ *   CPUs, and the segment cache's read-ahead already keeps two runs of
+ *   ranged GETs in flight for a loadvm that reads all (performance.md).
  */
 #define WARM_THREADS 4
 #define WARM_PIECE (1u << 20)
@@ -2910,51 +3004,96 @@ static void warm_run(gpointer data, gpointer opaque)
     }
 }
 
-typedef struct WarmCtx {
-    SpriteVolume *v;
-    GArray *runs;               /* WarmRun, in VM state order */
-} WarmCtx;
-
-/* sprite_extmap_foreach() callback; called with v->lock held */
-static bool warm_collect(const SpriteExtent *e, void *opaque)
-{
-    WarmCtx *w = opaque;
-    WarmRun *last = w->runs->len ?
-        &g_array_index(w->runs, WarmRun, w->runs->len - 1) : NULL;
-
-    /* Segments after v->seq are the sealed and pending logs, here. */
-    if (e->kind != SPRITE_EXT_DATA || e->seg > w->v->seq) {
-        return true;
-    }
-    if (last && last->seg == e->seg && last->data_off + last->len ==
-        e->data_off) {
-        last->len += e->len;
-    } else {
-        WarmRun r = { .seg = e->seg, .data_off = e->data_off,
-                      .len = e->len };
-
-        g_array_append_val(w->runs, r);
-    }
-    return true;
-}
-
 /*
- * The runs of VM state that @map (the live map after a goto) holds in
- * durable segments, in order.  Called with v->lock held.
+ * Append to @runs (WarmRun) the runs of [@lo, @hi) that @map (a
+ * checkpoint's) holds in durable segments, in order.  Called with
+ * v->lock held.
  */
-static GArray *warm_collect_runs(SpriteVolume *v, SpriteExtmap *map)
+static void warm_collect(SpriteVolume *v, SpriteExtmap *map, uint64_t lo,
+                         uint64_t hi, GArray *runs)
 {
-    WarmCtx w = { .v = v,
-                  .runs = g_array_new(FALSE, FALSE, sizeof(WarmRun)) };
+    uint64_t off = lo;
 
-    sprite_extmap_foreach(map, SPRITE_VMSTATE_BASE, UINT64_MAX,
-                          warm_collect, &w);
-    return w.runs;
+    while (off < hi) {
+        WarmRun *last = runs->len ?
+            &g_array_index(runs, WarmRun, runs->len - 1) : NULL;
+        SpriteExtent e;
+        uint64_t next;
+
+        if (!sprite_extmap_find(map, off, &e, &next)) {
+            off = next;
+            continue;
+        }
+        e.len = MIN(e.len, hi - off);
+        off += e.len;
+        /* Segments after v->seq are the sealed and pending logs, here. */
+        if (e.kind != SPRITE_EXT_DATA || e.seg > v->seq) {
+            continue;
+        }
+        if (last && last->seg == e.seg &&
+            last->data_off + last->len == e.data_off) {
+            last->len += e.len;
+        } else {
+            WarmRun r = { .seg = e.seg, .data_off = e.data_off,
+                          .len = e.len };
+
+            g_array_append_val(runs, r);
+        }
+    }
+}
+
+/* Does the cache hold most of the segments that @runs read from? */
+static bool warm_mostly_cached(SpriteVolume *v, GArray *runs)
+{
+    g_autoptr(GHashTable) segs = g_hash_table_new(g_int64_hash,
+                                                  g_int64_equal);
+    guint i, cached = 0;
+
+    for (i = 0; i < runs->len; i++) {
+        WarmRun *r = &g_array_index(runs, WarmRun, i);
+
+        if (g_hash_table_add(segs, &r->seg) &&
+            sprite_segcache_mostly_cached(v->cache, r->seg)) {
+            cached++;
+        }
+    }
+    return cached * 2 > g_hash_table_size(segs);
 }
 
 /*
- * Queue the fetch of @runs that lie in segments the cache holds no data
- * of, up to half the cache, superseding those of an earlier goto.
+ * What to fetch after a goto to @c (see above), in order.  Without a
+ * restore set, a goto that finds most of its VM state not cached (a
+ * restore elsewhere) records one.
+ * Called with v->lock held.
+ */
+static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
+{
+    GArray *runs = g_array_new(FALSE, FALSE, sizeof(WarmRun));
+    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(WarmRun));
+    g_autoptr(GArray) units = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    guint i;
+
+    warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
+    if (c->restore_units &&
+        sprite_meta_get_restore_set(v->meta, c->pub.id, units, NULL) == 0) {
+        for (i = 0; i < units->len; i++) {
+            uint64_t lo = SPRITE_VMSTATE_BASE +
+                          g_array_index(units, uint64_t, i) * RESTORE_UNIT;
+
+            warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
+        }
+    } else if (all->len && !warm_mostly_cached(v, all)) {
+        __atomic_store_n(&v->rec_id, c->pub.id, __ATOMIC_RELAXED);
+    }
+    if (v->url->scheme == SPRITE_SCHEME_FILE) {
+        g_array_append_vals(runs, all->data, all->len);
+    }
+    return runs;
+}
+
+/*
+ * Queue the fetch of @runs that lie in segments the cache does not mostly
+ * hold, up to half the cache, superseding those of an earlier goto.
  */
 static void warm_queue(SpriteVolume *v, GArray *runs)
 {
@@ -2967,9 +3106,9 @@ static void warm_queue(SpriteVolume *v, GArray *runs)
     for (i = 0; i < runs->len && budget > 0; i++) {
         WarmRun *r = &g_array_index(runs, WarmRun, i);
 
-        /* A segment the cache has data of is left to the loadvm. */
+        /* A segment the cache mostly has is left to the loadvm. */
         if (!g_hash_table_contains(cold, &r->seg)) {
-            if (sprite_segcache_has_data(v->cache, r->seg)) {
+            if (sprite_segcache_mostly_cached(v->cache, r->seg)) {
                 continue;
             }
             g_hash_table_add(cold, &r->seg);
@@ -2994,6 +3133,7 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     if (ret < 0) {
         goto out;
     }
+    restore_set_end(v);
     c = find_ckpt_by_id_or_name(v, id_or_name);
     if (!c) {
         g_set_error(errp, SPRITE_ERROR, ENOENT, "volume '%s' has no "
@@ -3025,10 +3165,8 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     v->pending = sprite_extmap_copy(c->map);
     v->pending_opaque = true;
     __atomic_store_n(&v->size, c->pub.size, __ATOMIC_RELAXED);
-    if (v->url->scheme == SPRITE_SCHEME_FILE) {
-        warm = warm_collect_runs(v, c->map);
-    }
-    if (warm && warm->len && !v->warm_pool) {
+    warm = warm_collect_goto(v, c);
+    if (warm->len && !v->warm_pool) {
         v->warm_pool = g_thread_pool_new(warm_run, v, WARM_THREADS, FALSE,
                                          NULL);
     }
@@ -3099,6 +3237,11 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
                 g_hash_table_unref(v->vm_ckpt);
                 v->vm_ckpt = NULL;
             }
+            if (v->rec_id == r.offset) {
+                /* Not to be stored for a later checkpoint of this ID. */
+                __atomic_store_n(&v->rec_id, 0, __ATOMIC_RELAXED);
+                g_array_set_size(v->rec_units, 0);
+            }
             g_mutex_lock(&v->ckpt_lock);
             g_ptr_array_remove(v->ckpts, c);
             g_mutex_unlock(&v->ckpt_lock);
@@ -3125,6 +3268,7 @@ void sprite_volume_checkpoint_list(SpriteVolume *v, SpriteCheckpoint **out,
         (*out)[i].name = g_strdup(c->pub.name);
         (*out)[i].durable = c->seq <= seq;
         (*out)[i].added_bytes = c->written - MIN(prev, c->written);
+        (*out)[i].restore_set_bytes = c->restore_units * RESTORE_UNIT;
         prev = c->written;
     }
     g_mutex_unlock(&v->ckpt_lock);

@@ -421,6 +421,107 @@ static void wait_durable(SpriteVolume *v, const char *name)
     }
 }
 
+/* The restore set that volume @o lists for checkpoint @name, in bytes. */
+static uint64_t restore_set_bytes(SpriteVolume *v, const char *name)
+{
+    SpriteCheckpoint *cks;
+    size_t n;
+    uint64_t bytes;
+
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    bytes = find_listed(cks, n, name)->restore_set_bytes;
+    sprite_checkpoints_free(cks, n);
+    return bytes;
+}
+
+/* Read VM state [@pos, @pos + @len) and compare it with @vm. */
+static void vmstate_range_equal(SpriteVolume *v, const uint8_t *vm,
+                                uint64_t pos, uint64_t len)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    g_autoptr(GError) err = NULL;
+    struct iovec iov = { buf, len };
+
+    g_assert_cmpint(sprite_volume_vmstate_readv(v, pos, len, &iov, 1, &err),
+                    ==, 0);
+    g_assert_true(memcmp(buf, vm + pos, len) == 0);
+}
+
+/*
+ * Restore sets: a goto with an empty cache records the MiB of VM state
+ * read after it, in order; a later goto elsewhere fetches them before
+ * they are read, and does not record again.
+ */
+static void test_restore_set(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t vmlen = 8 << 20, mib = 1 << 20;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
+    g_autofree char *cache3 = g_strdup_printf("%s-3", cache);
+    g_autofree uint8_t *vm = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *r = g_rand_new_with_seed(14);
+    SpriteCheckpoint c1 = { .name = (char *)"c1", .vm_state_size = vmlen,
+                            .icount = -1 };
+    SpriteVolume *v;
+    uint64_t before;
+    int64_t deadline;
+
+    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
+                    0);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    vm = write_vmstate(v, r, vmlen);
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
+    /* Read back where it was written: nothing to record. */
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_range_equal(v, vm, 3 * mib, 4096);
+    sprite_volume_close(v);
+
+    /* Another host: units 5, 2, then 6 and 7 read, in that order. */
+    o.cache_dir = cache2;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_range_equal(v, vm, 5 * mib + 100, 65536);
+    vmstate_range_equal(v, vm, 2 * mib, 4096);
+    vmstate_range_equal(v, vm, 6 * mib + mib / 2, mib);
+    vmstate_range_equal(v, vm, 5 * mib, 4096);
+    sprite_volume_close(v);
+
+    /* A third: the set is listed, and fetched without being read. */
+    o.cache_dir = cache3;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 4 * mib);
+    before = du(cache3);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (du(cache3) < before + 4 * mib) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(20000);
+    }
+    /* Its reads elsewhere do not replace the set. */
+    vmstate_range_equal(v, vm, 0, vmlen);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 4 * mib);
+    sprite_volume_close(v);
+
+    /* A deleted checkpoint takes its set along, whatever gets its ID. */
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err), ==,
+                    0);
+    c1.id = 0;
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
+    g_assert_cmpuint(c1.id, ==, 1);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 0);
+    sprite_volume_close(v);
+    g_rand_free(r);
+}
+
 /*
  * Checkpoints: disk and VM state frozen and restored, before and after
  * they are durable, after reopening with an empty cache, and as the base
@@ -1771,14 +1872,16 @@ int main(int argc, char **argv)
                             "lease-expiry", "concurrent", "checkpoints",
                             "gc", "gc-readers", "gc-race",
                             "vmstate-dedup", "vmstate-in-place",
-                            "concurrent-writers", "try-read" };
+                            "concurrent-writers", "try-read",
+                            "restore-set" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
                             test_concurrent, test_checkpoints, test_gc,
                             test_gc_readers, test_gc_race,
                             test_vmstate_dedup, test_vmstate_in_place,
-                            test_concurrent_writers, test_try_read };
+                            test_concurrent_writers, test_try_read,
+                            test_restore_set };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

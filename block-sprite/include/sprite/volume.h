@@ -165,6 +165,9 @@ typedef struct SpriteCheckpoint {
     int64_t vm_clock_nsec;      /* guest clock when taken */
     int64_t icount;             /* instruction count, or -1 */
     uint64_t added_bytes;       /* data stored since the previous one */
+    uint64_t restore_set_bytes; /* VM state that a restore elsewhere reads
+                                 * first, as recorded by one (0: none yet);
+                                 * fetched ahead by the next goto */
     bool durable;               /* on the object store */
 } SpriteCheckpoint;
 
