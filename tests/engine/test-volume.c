@@ -400,39 +400,30 @@ static SpriteCheckpoint *find_listed(SpriteCheckpoint *cks, size_t n,
     return NULL;
 }
 
+/* Checkpoint @name as @v lists it, without its name. */
+static SpriteCheckpoint listed(SpriteVolume *v, const char *name)
+{
+    SpriteCheckpoint *cks, ck;
+    size_t n;
+
+    sprite_volume_checkpoint_list(v, &cks, &n);
+    ck = *find_listed(cks, n, name);
+    ck.name = NULL;
+    sprite_checkpoints_free(cks, n);
+    return ck;
+}
+
 /* Wait (up to 60 s) until checkpoint @name is durable. */
 static void wait_durable(SpriteVolume *v, const char *name)
 {
     int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
 
-    for (;;) {
-        SpriteCheckpoint *cks;
-        size_t n;
-        bool durable;
-
-        sprite_volume_checkpoint_list(v, &cks, &n);
-        durable = find_listed(cks, n, name)->durable;
-        sprite_checkpoints_free(cks, n);
-        if (durable) {
-            return;
-        }
+    while (!listed(v, name).durable) {
         g_assert_cmpint(g_get_monotonic_time(), <, deadline);
         g_usleep(10000);
     }
 }
 
-/* The restore set that volume @o lists for checkpoint @name, in bytes. */
-static uint64_t restore_set_bytes(SpriteVolume *v, const char *name)
-{
-    SpriteCheckpoint *cks;
-    size_t n;
-    uint64_t bytes;
-
-    sprite_volume_checkpoint_list(v, &cks, &n);
-    bytes = find_listed(cks, n, name)->restore_set_bytes;
-    sprite_checkpoints_free(cks, n);
-    return bytes;
-}
 
 /* Read VM state [@pos, @pos + @len) and compare it with @vm. */
 static void vmstate_range_equal(SpriteVolume *v, const uint8_t *vm,
@@ -482,7 +473,7 @@ static void test_restore_set(gconstpointer data)
     /* Another host: units 5, 2, then 6 and 7 read, in that order. */
     o.cache_dir = cache2;
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 0);
+    g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 0);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     vmstate_range_equal(v, vm, 5 * mib + 100, 65536);
     vmstate_range_equal(v, vm, 2 * mib, 4096);
@@ -493,7 +484,7 @@ static void test_restore_set(gconstpointer data)
     /* A third: the set is listed, and fetched without being read. */
     o.cache_dir = cache3;
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 4 * mib);
+    g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 4 * mib);
     before = du(cache3);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
@@ -505,7 +496,7 @@ static void test_restore_set(gconstpointer data)
     vmstate_range_equal(v, vm, 0, vmlen);
     sprite_volume_close(v);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 4 * mib);
+    g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 4 * mib);
     sprite_volume_close(v);
 
     /* A deleted checkpoint takes its set along, whatever gets its ID. */
@@ -517,7 +508,7 @@ static void test_restore_set(gconstpointer data)
     g_assert_cmpuint(c1.id, ==, 1);
     sprite_volume_close(v);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    g_assert_cmpuint(restore_set_bytes(v, "c1"), ==, 0);
+    g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 0);
     sprite_volume_close(v);
     g_rand_free(r);
 }
@@ -1145,18 +1136,6 @@ static void test_gc_race(gconstpointer data)
     g_rand_free(r);
 }
 
-static uint64_t added_bytes(SpriteVolume *v, const char *name)
-{
-    SpriteCheckpoint *cks;
-    size_t n;
-    uint64_t added;
-
-    sprite_volume_checkpoint_list(v, &cks, &n);
-    added = find_listed(cks, n, name)->added_bytes;
-    sprite_checkpoints_free(cks, n);
-    return added;
-}
-
 /*
  * Incremental VM state: a checkpoint stores only the VM state that
  * differs from the previous one's, even when the same bytes land at
@@ -1208,7 +1187,7 @@ static void test_vmstate_dedup(gconstpointer data)
     a = write_vmstate(v, r, len);
     c1.vm_state_size = len;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c1"), >=, len);
+    g_assert_cmpuint(listed(v, "c1").added_bytes, >=, len);
 
     /* 100 bytes inserted at 1 MiB shift all that follows; 64 KiB at
      * 5 MiB change. */
@@ -1219,13 +1198,13 @@ static void test_vmstate_dedup(gconstpointer data)
     stream_vmstate(v, bb, len + 100);
     c2.vm_state_size = len + 100;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c2"), <, 1 * M);
+    g_assert_cmpuint(listed(v, "c2").added_bytes, <, 1 * M);
 
     /* The same again: next to nothing. */
     stream_vmstate(v, bb, len + 100);
     c3.vm_state_size = len + 100;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c3, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c3"), <, 64 << 10);
+    g_assert_cmpuint(listed(v, "c3").added_bytes, <, 64 << 10);
 
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     vmstate_equal(v, a, len);
@@ -1242,7 +1221,7 @@ static void test_vmstate_dedup(gconstpointer data)
     stream_vmstate(v, bb, len + 100);
     c4.vm_state_size = len + 100;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c4, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c4"), <, 64 << 10);
+    g_assert_cmpuint(listed(v, "c4").added_bytes, <, 64 << 10);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     vmstate_equal(v, a, len);
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "c1", &err),
@@ -1373,7 +1352,7 @@ static void test_vmstate_in_place(gconstpointer data)
     put_vmstate(v, m1, 4096, 512);
     c1.vm_state_size = 3000 + RAM + 8192 + 512;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c1, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c1"), >=, RAM);
+    g_assert_cmpuint(listed(v, "c1").added_bytes, >=, RAM);
     vmstate_equal(v, m1, len);
 
     /* The next savevm: a new stream, three pages, the bitmap. */
@@ -1390,7 +1369,7 @@ static void test_vmstate_in_place(gconstpointer data)
     put_vmstate(v, m2, 4096, 512);
     c2.vm_state_size = 3000 + 3 * 4096 + 512;
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
-    g_assert_cmpuint(added_bytes(v, "c2"), <, 64 << 10);
+    g_assert_cmpuint(listed(v, "c2").added_bytes, <, 64 << 10);
     vmstate_equal(v, m2, len);
     g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
     vmstate_equal(v, m1, len);
