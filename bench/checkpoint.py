@@ -18,6 +18,9 @@ For each, `reps` times (fresh guest each time), timed through HMP:
   restore      a new QEMU started with -loadvm c1, from exec to the guest
                answering a command; sprite with an empty cache (another
                host), qcow2 from the same file
+  restore again  the same once more: sprite, with an empty cache again,
+               now fetches c1's restore set (what the first restore read
+               first) ahead; `restore_set_mib` says how much it was
 
 and the bytes each checkpoint added: sprite's added-bytes, qcow2's VM
 state size.  Medians are reported, with sprite/qcow2 ratios.
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as c  # noqa: E402
 from guest import Guest, build_guest  # noqa: E402  (tests/lib)
 
-STEPS = ("save", "save_again", "load", "durable", "restore")
+STEPS = ("save", "save_again", "load", "durable", "restore", "restore_again")
 
 
 def params(quick: bool) -> dict:
@@ -131,17 +134,24 @@ def one_rep(d: Disk, p: dict, guest: dict, log) -> dict:
     if not d.prefix:
         info = c.run([c.QEMU_IMG, "snapshot", "-l", d.path]).stdout
         out["added_bytes"] = vm_sizes(info)
-    d.forget_host()
-    t = time.perf_counter()
-    # The killed QEMU left its lease: the new host takes it over.
-    with Guest(d.args(takeover=True) + ["-loadvm", "c1"],
-               memory=p["memory"], env=env, wait_ready=False,
-               **guest) as g:
-        if g.check("cat /tmp/counter").strip() != "1":
-            raise c.BenchError("-loadvm c1 did not restore the guest")
-        out["restore"] = time.perf_counter() - t
+    for step in ("restore", "restore_again"):
+        d.forget_host()
+        t = time.perf_counter()
+        # The killed QEMU left its lease: the new host takes it over.
+        with Guest(d.args(takeover=True) + ["-loadvm", "c1"],
+                   memory=p["memory"], env=env, wait_ready=False,
+                   **guest) as g:
+            if g.check("cat /tmp/counter").strip() != "1":
+                raise c.BenchError("-loadvm c1 did not restore the guest")
+            out[step] = time.perf_counter() - t
+            if d.prefix:
+                out["restore_set_mib"] = next(
+                    ck["restore-set-bytes"] for ck in sprite_checkpoints(g)
+                    if ck["name"] == "c1") / c.MiB
     log(f"  checkpoint: {d.name} rep {d.rep}: " +
-        ", ".join(f"{k} {out[k] * 1000:.0f} ms" for k in STEPS))
+        ", ".join(f"{k} {out[k] * 1000:.0f} ms" for k in STEPS) +
+        (f", restore set {out['restore_set_mib']:.0f} MiB" if d.prefix
+         else ""))
     return out
 
 
@@ -180,6 +190,8 @@ def run(quick: bool, work: Path, log=print) -> dict:
         med = {k: statistics.median(s[k] for s in samples) for k in STEPS}
         rows.append({"target": d.name, "median_s": med,
                      "added_bytes": samples[-1]["added_bytes"],
+                     "restore_set_mib": [s.get("restore_set_mib")
+                                         for s in samples],
                      "samples": samples})
     base = rows[0]["median_s"]
     for r in rows[1:]:
@@ -199,8 +211,9 @@ def table(res: dict) -> str:
                     [ratios.get("save"), ratios.get("load"),
                      " / ".join(f"{b / c.MiB:.1f}" for b in r["added_bytes"])])
     return c.table(["checkpoint (ms, median)", "save", "save again", "load",
-                    "durable after", "restore (new QEMU)", "save/qcow2",
-                    "load/qcow2", "MiB stored per ckpt"], rows)
+                    "durable after", "restore (new QEMU)", "restore again",
+                    "save/qcow2", "load/qcow2", "MiB stored per ckpt"],
+                   rows)
 
 
 def plot(res: dict, path: Path) -> bool:

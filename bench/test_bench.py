@@ -98,9 +98,14 @@ class BenchSmokeTest(unittest.TestCase):
             self.assertEqual([r["target"] for r in ck["rows"]],
                              ["qcow2", "sprite-file", "sprite-rgw"])
             for row in ck["rows"]:
-                for step in ("save", "save_again", "load", "restore"):
+                for step in ("save", "save_again", "load", "restore",
+                             "restore_again"):
                     self.assertGreater(row["median_s"][step], 0)
                 self.assertEqual(len(row["added_bytes"]), 2)
+                if row["target"] != "qcow2":
+                    # The first restore recorded a set, the second found it.
+                    for mib in row["restore_set_mib"]:
+                        self.assertGreater(mib, 0)
 
             if has_matplotlib():
                 for name in ("io", "flush", "cold", "create", "open",

@@ -225,6 +225,16 @@ class CheckpointTest(unittest.TestCase):
                    wait_ready=False) as g:
             self.assertEqual(counters(g), (3, 3, blob))
 
+        # c3 restored on two more hosts: the first records what it reads
+        # first (c3's restore set), the second fetches that ahead.
+        for cache in ("cache4", "cache5"):
+            with Guest(self.disk(url, cache) + ["-loadvm", "c3"], env=env,
+                       wait_ready=False) as g:
+                self.assertEqual(counters(g), (3, 3, blob))
+                sets = {c["name"]: c["restore-set-bytes"]
+                        for c in checkpoints(g)}
+        self.assertGreater(sets["c3"], 0)
+
     def test_mismatched_checkpoint_changes_nothing(self):
         """A checkpoint taken with another memory size, or with a device
         this VM lacks, fails to load part way, after the disk was

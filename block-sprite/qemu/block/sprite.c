@@ -583,6 +583,7 @@ sprite_get_specific_info(BlockDriverState *bs, Error **errp)
         ci->name = g_strdup(cks[i].name);
         ci->durable = cks[i].durable;
         ci->added_bytes = cks[i].added_bytes;
+        ci->restore_set_bytes = cks[i].restore_set_bytes;
         QAPI_LIST_APPEND(tail, ci);
     }
     sprite_checkpoints_free(cks, n);
