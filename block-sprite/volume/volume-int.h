@@ -52,6 +52,8 @@ struct SpriteVolume {
     SpriteVolume *base;
     char *base_url;
     uint64_t base_seq;          /* the base's segment we are pinned to */
+    uint64_t base_ckpt;         /* the base's checkpoint we were made
+                                 * from (0: none) */
     uint64_t pin_seq;           /* opened as a base: stop at this segment */
     bool read_only;
     char *dir;                  /* this volume's cache directory */

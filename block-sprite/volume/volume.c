@@ -1218,6 +1218,7 @@ static int volume_open(const SpriteVolumeOptions *o, uint64_t pin,
         }
         v->base_url = g_strdup(d.base);
         v->base_seq = d.base_seq;
+        v->base_ckpt = d.base_ckpt;
     }
 
     root = o->cache_dir ? g_strdup(o->cache_dir) : default_cache_root();
@@ -2980,6 +2981,7 @@ out:
 
 typedef struct WarmRun {
     unsigned gen;               /* SpriteVolume.warm_gen when queued */
+    SpriteVolume *vol;          /* whose segment: the volume's or a base's */
     uint64_t seg;
     uint64_t data_off;
     uint64_t len;
@@ -2997,7 +2999,7 @@ static void warm_run(gpointer data, gpointer opaque)
             return;
         }
         /* An error is left to the loadvm's own read to report. */
-        if (sprite_segcache_fetch(v->cache, r->seg, r->data_off + done,
+        if (sprite_segcache_fetch(r->vol->cache, r->seg, r->data_off + done,
                                   MIN(WARM_PIECE, r->len - done), NULL) < 0) {
             return;
         }
@@ -3006,8 +3008,8 @@ static void warm_run(gpointer data, gpointer opaque)
 
 /*
  * Append to @runs (WarmRun) the runs of [@lo, @hi) that @map (a
- * checkpoint's) holds in durable segments, in order.  Called with
- * v->lock held.
+ * checkpoint's) holds in durable segments, in order; a clone's base
+ * holds the rest, as read_data() finds.  Called with v->lock held.
  */
 static void warm_collect(SpriteVolume *v, SpriteExtmap *map, uint64_t lo,
                          uint64_t hi, GArray *runs)
@@ -3021,6 +3023,13 @@ static void warm_collect(SpriteVolume *v, SpriteExtmap *map, uint64_t lo,
         uint64_t next;
 
         if (!sprite_extmap_find(map, off, &e, &next)) {
+            next = MIN(next, hi);
+            if (v->base) {
+                /* Pinned: only its map, which does not change. */
+                g_mutex_lock(&v->base->lock);
+                warm_collect(v->base, v->base->map, off, next, runs);
+                g_mutex_unlock(&v->base->lock);
+            }
             off = next;
             continue;
         }
@@ -3030,11 +3039,11 @@ static void warm_collect(SpriteVolume *v, SpriteExtmap *map, uint64_t lo,
         if (e.kind != SPRITE_EXT_DATA || e.seg > v->seq) {
             continue;
         }
-        if (last && last->seg == e.seg &&
+        if (last && last->vol == v && last->seg == e.seg &&
             last->data_off + last->len == e.data_off) {
             last->len += e.len;
         } else {
-            WarmRun r = { .seg = e.seg, .data_off = e.data_off,
+            WarmRun r = { .vol = v, .seg = e.seg, .data_off = e.data_off,
                           .len = e.len };
 
             g_array_append_val(runs, r);
@@ -3042,18 +3051,33 @@ static void warm_collect(SpriteVolume *v, SpriteExtmap *map, uint64_t lo,
     }
 }
 
-/* Does the cache hold most of the segments that @runs read from? */
-static bool warm_mostly_cached(SpriteVolume *v, GArray *runs)
+/* A set of WarmRun's segments: (volume, sequence number). */
+static guint warm_seg_hash(gconstpointer p)
 {
-    g_autoptr(GHashTable) segs = g_hash_table_new(g_int64_hash,
-                                                  g_int64_equal);
+    const WarmRun *r = p;
+
+    return g_direct_hash(r->vol) ^ g_int64_hash(&r->seg);
+}
+
+static gboolean warm_seg_equal(gconstpointer a, gconstpointer b)
+{
+    const WarmRun *x = a, *y = b;
+
+    return x->vol == y->vol && x->seg == y->seg;
+}
+
+/* Does the cache hold most of the segments that @runs read from? */
+static bool warm_mostly_cached(GArray *runs)
+{
+    g_autoptr(GHashTable) segs = g_hash_table_new(warm_seg_hash,
+                                                  warm_seg_equal);
     guint i, cached = 0;
 
     for (i = 0; i < runs->len; i++) {
         WarmRun *r = &g_array_index(runs, WarmRun, i);
 
-        if (g_hash_table_add(segs, &r->seg) &&
-            sprite_segcache_mostly_cached(v->cache, r->seg)) {
+        if (g_hash_table_add(segs, r) &&
+            sprite_segcache_mostly_cached(r->vol->cache, r->seg)) {
             cached++;
         }
     }
@@ -3061,28 +3085,58 @@ static bool warm_mostly_cached(SpriteVolume *v, GArray *runs)
 }
 
 /*
+ * The restore set that applies to checkpoint @c: its own, or for a
+ * clone's checkpoint whose VM state is all its base's (the one the
+ * clone was made from), the base checkpoint's.  Empty if none.
+ * Called with v->lock held.
+ */
+static GArray *restore_set_get(SpriteVolume *v, Ckpt *c)
+{
+    GArray *units = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    g_autofree char *id = NULL;
+    SpriteExtent e;
+    uint64_t next;
+    Ckpt *bc;
+
+    if (c->restore_units) {
+        sprite_meta_get_restore_set(v->meta, c->pub.id, units, NULL);
+        return units;
+    }
+    if (!v->base_ckpt ||
+        sprite_extmap_find(c->map, SPRITE_VMSTATE_BASE, &e, &next) ||
+        next != UINT64_MAX) {
+        return units;
+    }
+    id = g_strdup_printf("%" G_GUINT64_FORMAT, v->base_ckpt);
+    g_mutex_lock(&v->base->lock);
+    bc = find_ckpt(v->base, id, NULL);
+    if (bc && bc->restore_units) {
+        sprite_meta_get_restore_set(v->base->meta, bc->pub.id, units, NULL);
+    }
+    g_mutex_unlock(&v->base->lock);
+    return units;
+}
+
+/*
  * What to fetch after a goto to @c (see above), in order.  Without a
  * restore set, a goto that finds most of its VM state not cached (a
- * restore elsewhere) records one.
- * Called with v->lock held.
+ * restore elsewhere) records one.  Called with v->lock held.
  */
 static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
 {
     GArray *runs = g_array_new(FALSE, FALSE, sizeof(WarmRun));
     g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(WarmRun));
-    g_autoptr(GArray) units = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    g_autoptr(GArray) units = restore_set_get(v, c);
     guint i;
 
     warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
-    if (c->restore_units &&
-        sprite_meta_get_restore_set(v->meta, c->pub.id, units, NULL) == 0) {
-        for (i = 0; i < units->len; i++) {
-            uint64_t lo = SPRITE_VMSTATE_BASE +
-                          g_array_index(units, uint64_t, i) * RESTORE_UNIT;
+    for (i = 0; i < units->len; i++) {
+        uint64_t lo = SPRITE_VMSTATE_BASE +
+                      g_array_index(units, uint64_t, i) * RESTORE_UNIT;
 
-            warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
-        }
-    } else if (all->len && !warm_mostly_cached(v, all)) {
+        warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
+    }
+    if (!units->len && all->len && !warm_mostly_cached(all)) {
         __atomic_store_n(&v->rec_id, c->pub.id, __ATOMIC_RELAXED);
     }
     if (v->url->scheme == SPRITE_SCHEME_FILE) {
@@ -3099,19 +3153,19 @@ static void warm_queue(SpriteVolume *v, GArray *runs)
 {
     unsigned gen = __atomic_add_fetch(&v->warm_gen, 1, __ATOMIC_RELAXED);
     uint64_t budget = v->cache_limit / 2;
-    g_autoptr(GHashTable) cold = g_hash_table_new(g_int64_hash,
-                                                  g_int64_equal);
+    g_autoptr(GHashTable) cold = g_hash_table_new(warm_seg_hash,
+                                                  warm_seg_equal);
     guint i;
 
     for (i = 0; i < runs->len && budget > 0; i++) {
         WarmRun *r = &g_array_index(runs, WarmRun, i);
 
         /* A segment the cache mostly has is left to the loadvm. */
-        if (!g_hash_table_contains(cold, &r->seg)) {
-            if (sprite_segcache_mostly_cached(v->cache, r->seg)) {
+        if (!g_hash_table_contains(cold, r)) {
+            if (sprite_segcache_mostly_cached(r->vol->cache, r->seg)) {
                 continue;
             }
-            g_hash_table_add(cold, &r->seg);
+            g_hash_table_add(cold, r);
         }
         r->gen = gen;
         r->len = MIN(r->len, budget);

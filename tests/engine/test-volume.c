@@ -441,7 +441,8 @@ static void vmstate_range_equal(SpriteVolume *v, const uint8_t *vm,
 /*
  * Restore sets: a goto with an empty cache records the MiB of VM state
  * read after it, in order; a later goto elsewhere fetches them before
- * they are read, and does not record again.
+ * they are read, and does not record again; so does a clone made from
+ * the checkpoint.
  */
 static void test_restore_set(gconstpointer data)
 {
@@ -451,12 +452,15 @@ static void test_restore_set(gconstpointer data)
     SpriteVolumeOptions o = opts(b, &url, &cache);
     g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
     g_autofree char *cache3 = g_strdup_printf("%s-3", cache);
+    g_autofree char *cache4 = g_strdup_printf("%s-4", cache);
+    g_autofree char *curl = NULL, *ccache = NULL;
+    SpriteVolumeOptions co = opts(b, &curl, &ccache);
     g_autofree uint8_t *vm = NULL;
     g_autoptr(GError) err = NULL;
     GRand *r = g_rand_new_with_seed(14);
     SpriteCheckpoint c1 = { .name = (char *)"c1", .vm_state_size = vmlen,
                             .icount = -1 };
-    SpriteVolume *v;
+    SpriteVolume *v, *clone;
     uint64_t before;
     int64_t deadline;
 
@@ -510,6 +514,28 @@ static void test_restore_set(gconstpointer data)
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 0);
     sprite_volume_close(v);
+
+    /*
+     * A clone made from a checkpoint uses the base checkpoint's set: here
+     * units 3 and 4, recorded by a restore of the base elsewhere.
+     */
+    o.cache_dir = cache4;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
+    vmstate_range_equal(v, vm, 3 * mib, 2 * mib);
+    sprite_volume_close(v);
+    g_assert_cmpint(sprite_volume_create(&co, 0, url, "c1", &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
+    g_assert_cmpuint(listed(clone, "c1").restore_set_bytes, ==, 0);
+    before = du(ccache);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(clone, "c1", &err), ==, 0);
+    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (du(ccache) < before + 2 * mib) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(20000);
+    }
+    vmstate_range_equal(clone, vm, 0, vmlen);
+    sprite_volume_close(clone);
     g_rand_free(r);
 }
 
