@@ -438,6 +438,21 @@ static void vmstate_range_equal(SpriteVolume *v, const uint8_t *vm,
     g_assert_true(memcmp(buf, vm + pos, len) == 0);
 }
 
+/* Go to checkpoint @name: the cache @dir then gets @bytes more by itself. */
+static void goto_fetches(SpriteVolume *v, const char *name, const char *dir,
+                         uint64_t bytes)
+{
+    uint64_t before = du(dir);
+    int64_t deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, name, &err), ==, 0);
+    while (du(dir) < before + bytes) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(20000);
+    }
+}
+
 /*
  * Restore sets: a goto with an empty cache records the MiB of VM state
  * read after it, in order; a later goto elsewhere fetches them before
@@ -461,8 +476,6 @@ static void test_restore_set(gconstpointer data)
     SpriteCheckpoint c1 = { .name = (char *)"c1", .vm_state_size = vmlen,
                             .icount = -1 };
     SpriteVolume *v, *clone;
-    uint64_t before;
-    int64_t deadline;
 
     g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
                     0);
@@ -489,13 +502,7 @@ static void test_restore_set(gconstpointer data)
     o.cache_dir = cache3;
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     g_assert_cmpuint(listed(v, "c1").restore_set_bytes, ==, 4 * mib);
-    before = du(cache3);
-    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c1", &err), ==, 0);
-    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
-    while (du(cache3) < before + 4 * mib) {
-        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
-        g_usleep(20000);
-    }
+    goto_fetches(v, "c1", cache3, 4 * mib);
     /* Its reads elsewhere do not replace the set. */
     vmstate_range_equal(v, vm, 0, vmlen);
     sprite_volume_close(v);
@@ -527,13 +534,7 @@ static void test_restore_set(gconstpointer data)
     g_assert_cmpint(sprite_volume_create(&co, 0, url, "c1", &err), ==, 0);
     g_assert_cmpint(sprite_volume_open(&co, &clone, &err), ==, 0);
     g_assert_cmpuint(listed(clone, "c1").restore_set_bytes, ==, 0);
-    before = du(ccache);
-    g_assert_cmpint(sprite_volume_checkpoint_goto(clone, "c1", &err), ==, 0);
-    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
-    while (du(ccache) < before + 2 * mib) {
-        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
-        g_usleep(20000);
-    }
+    goto_fetches(clone, "c1", ccache, 2 * mib);
     vmstate_range_equal(clone, vm, 0, vmlen);
     sprite_volume_close(clone);
     g_rand_free(r);
