@@ -896,8 +896,6 @@ static int load_metadata(SpriteVolume *v, const Descriptor *d, bool local,
 
 static int flush_volume(SpriteVolume *v, GError **errp);
 static int upload_snapshot(SpriteVolume *v, GError **errp);
-static int prefetch_checkpoint(SpriteVolume *v, const char *id_or_name,
-                               GError **errp);
 static void request_snapshot(SpriteVolume *v);
 
 /* Wake the shipper.  Called with v->lock held. */
@@ -1292,16 +1290,7 @@ fail:
 int sprite_volume_open(const SpriteVolumeOptions *o, SpriteVolume **out,
                        GError **errp)
 {
-    int ret = volume_open(o, 0, 0, out, errp);
-
-    if (ret == 0 && o->prefetch_checkpoint) {
-        ret = prefetch_checkpoint(*out, o->prefetch_checkpoint, errp);
-        if (ret < 0) {
-            sprite_volume_close(*out);
-            *out = NULL;
-        }
-    }
-    return ret;
+    return volume_open(o, 0, 0, out, errp);
 }
 
 /*
@@ -1318,7 +1307,6 @@ static int inherit_checkpoint(const SpriteVolumeOptions *o,
     int ret;
 
     wo.read_only = false;
-    wo.prefetch_checkpoint = NULL;
     ret = sprite_volume_open(&wo, &v, errp);
     if (ret < 0) {
         return ret;
@@ -3130,24 +3118,6 @@ static GArray *restore_set_get(SpriteVolume *v, Ckpt *c)
 }
 
 /*
- * Append the runs of @c's restore set (restore_set_get()) to @runs, in
- * order; does it have one?  @c->map is loaded.  Called with v->lock held.
- */
-static bool warm_collect_set(SpriteVolume *v, Ckpt *c, GArray *runs)
-{
-    g_autoptr(GArray) units = restore_set_get(v, c);
-    guint i;
-
-    for (i = 0; i < units->len; i++) {
-        uint64_t lo = SPRITE_VMSTATE_BASE +
-                      g_array_index(units, uint64_t, i) * RESTORE_UNIT;
-
-        warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
-    }
-    return units->len > 0;
-}
-
-/*
  * What to fetch after a goto to @c (see above), in order.  Without a
  * restore set, a goto that finds most of its VM state not cached (a
  * restore elsewhere) records one.  Called with v->lock held.
@@ -3156,10 +3126,17 @@ static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
 {
     GArray *runs = g_array_new(FALSE, FALSE, sizeof(WarmRun));
     g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(WarmRun));
-    bool has_set = warm_collect_set(v, c, runs);
+    g_autoptr(GArray) units = restore_set_get(v, c);
+    guint i;
 
     warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
-    if (!has_set && all->len && !warm_mostly_cached(all)) {
+    for (i = 0; i < units->len; i++) {
+        uint64_t lo = SPRITE_VMSTATE_BASE +
+                      g_array_index(units, uint64_t, i) * RESTORE_UNIT;
+
+        warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
+    }
+    if (!units->len && all->len && !warm_mostly_cached(all)) {
         __atomic_store_n(&v->rec_id, c->pub.id, __ATOMIC_RELAXED);
     }
     if (v->url->scheme == SPRITE_SCHEME_FILE) {
@@ -3197,72 +3174,6 @@ static void warm_queue(SpriteVolume *v, GArray *runs)
     }
 }
 
-/* Make the warm-up pool if @runs are to be queued.  Called with v->lock
- * held. */
-static void warm_pool_need(SpriteVolume *v, GArray *runs)
-{
-    if (runs->len && !v->warm_pool) {
-        v->warm_pool = g_thread_pool_new(warm_run, v, WARM_THREADS, FALSE,
-                                         NULL);
-    }
-}
-
-/* Load @c->map if it is not in memory.  Called with v->lock held. */
-static int ckpt_load_map(SpriteVolume *v, Ckpt *c, GError **errp)
-{
-    SpriteExtmap *m;
-    int ret;
-
-    if (c->map) {
-        return 0;
-    }
-    m = sprite_extmap_new();
-    ret = sprite_meta_load_checkpoint(v->meta, c->pub.id, m, errp);
-    if (ret < 0) {
-        sprite_extmap_free(m);
-        return ret;
-    }
-    c->map = m;
-    return 0;
-}
-
-/*
- * Start fetching the restore set of checkpoint @id_or_name, which the
- * caller is about to go to (SpriteVolumeOptions.prefetch_checkpoint):
- * from the open on rather than from the goto.
- */
-static int prefetch_checkpoint(SpriteVolume *v, const char *id_or_name,
-                               GError **errp)
-{
-    g_autoptr(GArray) runs = g_array_new(FALSE, FALSE, sizeof(WarmRun));
-    Ckpt *c;
-    int ret = 0;
-
-    g_mutex_lock(&v->lock);
-    c = find_ckpt_by_id_or_name(v, id_or_name);
-    if (v->read_only) {
-        g_set_error(errp, SPRITE_ERROR, EINVAL, "volume '%s': prefetching "
-                    "a checkpoint is for a VM that restores it, which a "
-                    "read-only open cannot", v->url_str);
-        ret = -EINVAL;
-    } else if (!c) {
-        g_set_error(errp, SPRITE_ERROR, ENOENT, "volume '%s' has no "
-                    "checkpoint '%s' to prefetch", v->url_str, id_or_name);
-        ret = -ENOENT;
-    } else {
-        ret = ckpt_load_map(v, c, errp);
-    }
-    if (ret == 0) {
-        warm_collect_set(v, c, runs);
-        warm_pool_need(v, runs);
-    }
-    g_mutex_unlock(&v->lock);
-    if (runs->len) {
-        warm_queue(v, runs);
-    }
-    return ret;
-}
-
 int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
                                   GError **errp)
 {
@@ -3284,9 +3195,15 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
         ret = -ENOENT;
         goto out;
     }
-    ret = ckpt_load_map(v, c, errp);
-    if (ret < 0) {
-        goto out;
+    if (!c->map) {
+        SpriteExtmap *m = sprite_extmap_new();
+
+        ret = sprite_meta_load_checkpoint(v->meta, c->pub.id, m, errp);
+        if (ret < 0) {
+            sprite_extmap_free(m);
+            goto out;
+        }
+        c->map = m;
     }
     r.offset = c->pub.id;
     g_array_append_val(v->records, r);
@@ -3303,7 +3220,10 @@ int sprite_volume_checkpoint_goto(SpriteVolume *v, const char *id_or_name,
     v->pending_opaque = true;
     __atomic_store_n(&v->size, c->pub.size, __ATOMIC_RELAXED);
     warm = warm_collect_goto(v, c);
-    warm_pool_need(v, warm);
+    if (warm->len && !v->warm_pool) {
+        v->warm_pool = g_thread_pool_new(warm_run, v, WARM_THREADS, FALSE,
+                                         NULL);
+    }
 out:
     g_mutex_unlock(&v->lock);
     if (warm && warm->len) {

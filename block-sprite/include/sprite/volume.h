@@ -52,10 +52,6 @@ typedef struct SpriteVolumeOptions {
                                      * 0: SPRITE_DEFAULT_GC_GRACE_MS;
                                      * negative: none (tests) */
     bool read_only;
-    const char *prefetch_checkpoint; /* a checkpoint (ID or name) about to
-                                      * be gone to: its restore set is
-                                      * fetched from the open on; NULL:
-                                      * none (not for read-only opens) */
 } SpriteVolumeOptions;
 
 #define SPRITE_DEFAULT_CACHE_SIZE (1ULL << 30)
