@@ -456,7 +456,11 @@ int sprite_meta_set_restore_set(SpriteMeta *m, uint64_t ckpt,
         sprite_meta_rollback(m);
         return sql_error(m, rc, "insert restore set", errp);
     }
-    return sprite_meta_commit(m, errp);
+    ret = sprite_meta_commit(m, errp);
+    if (ret < 0) {
+        sprite_meta_rollback(m);
+    }
+    return ret;
 }
 
 static void unit_row(sqlite3_stmt *st, void *ctx)

@@ -807,8 +807,11 @@ static int load_checkpoints(SpriteVolume *v, GError **errp)
         g_autoptr(GArray) units = g_array_new(FALSE, FALSE,
                                               sizeof(uint64_t));
 
-        ret = sprite_meta_get_restore_set(v->meta, c->pub.id, units, errp);
-        c->restore_units = units->len;
+        /* A hint: one that cannot be read is none. */
+        if (sprite_meta_get_restore_set(v->meta, c->pub.id, units,
+                                        NULL) == 0) {
+            c->restore_units = units->len;
+        }
     }
     return ret;
 }
@@ -914,7 +917,8 @@ static void kick_shipper(SpriteVolume *v)
  * another host) records which units of RESTORE_UNIT bytes the VM state
  * reads touch, in order, up to RESTORE_SET_UNITS of them.  The set is
  * kept in the database, and so reaches other hosts with the next
- * metadata snapshot; a later goto to the checkpoint fetches those units
+ * metadata snapshot (after a flush, or at close); a later goto to the
+ * checkpoint fetches those units
  * first, several at once, while QEMU is still setting the machine up
  * (warm_queue()).  It is a hint: losing it costs only time.
  */
@@ -942,8 +946,11 @@ static void restore_set_end(SpriteVolume *v)
         g_mutex_lock(&v->ckpt_lock);
         c->restore_units = v->rec_units->len;
         g_mutex_unlock(&v->ckpt_lock);
+        /*
+         * For the next flush's or the close's snapshot: one now would copy
+         * the database under v->lock while the restore reads.
+         */
         v->snap_due = true;
-        kick_shipper(v);
     }
     __atomic_store_n(&v->rec_id, 0, __ATOMIC_RELAXED);
     g_array_set_size(v->rec_units, 0);
@@ -1050,6 +1057,9 @@ static gpointer shipper_main(gpointer opaque)
             }
             g_mutex_unlock(&v->flush_lock);
             g_mutex_lock(&v->lock);
+            if (ret < 0) {
+                v->snap_due = true;     /* for the next flush's attempt */
+            }
         }
     }
     g_mutex_unlock(&v->lock);
@@ -3129,6 +3139,14 @@ static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
     g_autoptr(GArray) units = restore_set_get(v, c);
     guint i;
 
+    /*
+     * A checkpoint without VM state (a disk-only one) is not restored
+     * with loadvm.  vm_state_size does not bound the rest: savevm in
+     * mapped-ram layout writes pages at their offsets, and only some.
+     */
+    if (!c->pub.vm_state_size) {
+        return runs;
+    }
     warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
     for (i = 0; i < units->len; i++) {
         uint64_t lo = SPRITE_VMSTATE_BASE +
