@@ -191,7 +191,13 @@ int sprite_meta_begin(SpriteMeta *m, GError **errp)
 
 int sprite_meta_commit(SpriteMeta *m, GError **errp)
 {
-    return exec(m, "COMMIT", errp);
+    int ret = exec(m, "COMMIT", errp);
+
+    /* A COMMIT that failed (SQLITE_BUSY, say) may leave it open. */
+    if (ret < 0 && !sqlite3_get_autocommit(m->db)) {
+        sprite_meta_rollback(m);
+    }
+    return ret;
 }
 
 void sprite_meta_rollback(SpriteMeta *m)
@@ -456,11 +462,7 @@ int sprite_meta_set_restore_set(SpriteMeta *m, uint64_t ckpt,
         sprite_meta_rollback(m);
         return sql_error(m, rc, "insert restore set", errp);
     }
-    ret = sprite_meta_commit(m, errp);
-    if (ret < 0) {
-        sprite_meta_rollback(m);
-    }
-    return ret;
+    return sprite_meta_commit(m, errp);
 }
 
 static void unit_row(sqlite3_stmt *st, void *ctx)

@@ -67,6 +67,7 @@ int sprite_meta_set(SpriteMeta *m, const char *key, const char *value,
 int sprite_meta_set_u64(SpriteMeta *m, const char *key, uint64_t value,
                         GError **errp);
 
+/* A transaction; a failed commit leaves none open (it rolls back). */
 int sprite_meta_begin(SpriteMeta *m, GError **errp);
 int sprite_meta_commit(SpriteMeta *m, GError **errp);
 void sprite_meta_rollback(SpriteMeta *m);
