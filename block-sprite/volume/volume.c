@@ -918,9 +918,9 @@ static void kick_shipper(SpriteVolume *v)
  * reads touch, in order, up to RESTORE_SET_UNITS of them.  The set is
  * kept in the database, and so reaches other hosts with the next
  * metadata snapshot (after a flush, or at close); a later goto to the
- * checkpoint fetches those units
- * first, several at once, while QEMU is still setting the machine up
- * (warm_queue()).  It is a hint: losing it costs only time.
+ * checkpoint fetches those units first, several at once, while QEMU is
+ * still setting the machine up (warm_queue()).  It is a hint: losing it
+ * costs only time.
  */
 #define RESTORE_UNIT (1ULL << 20)
 #define RESTORE_SET_UNITS 64
@@ -3135,8 +3135,8 @@ static GArray *restore_set_get(SpriteVolume *v, Ckpt *c)
 static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
 {
     GArray *runs = g_array_new(FALSE, FALSE, sizeof(WarmRun));
-    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(WarmRun));
-    g_autoptr(GArray) units = restore_set_get(v, c);
+    g_autoptr(GArray) all = NULL;
+    g_autoptr(GArray) units = NULL;
     guint i;
 
     /*
@@ -3147,13 +3147,19 @@ static GArray *warm_collect_goto(SpriteVolume *v, Ckpt *c)
     if (!c->pub.vm_state_size) {
         return runs;
     }
-    warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
+    units = restore_set_get(v, c);
     for (i = 0; i < units->len; i++) {
         uint64_t lo = SPRITE_VMSTATE_BASE +
                       g_array_index(units, uint64_t, i) * RESTORE_UNIT;
 
         warm_collect(v, c->map, lo, lo + RESTORE_UNIT, runs);
     }
+    /* All of it: for the file store, or to see whether to record. */
+    if (units->len && v->url->scheme != SPRITE_SCHEME_FILE) {
+        return runs;
+    }
+    all = g_array_new(FALSE, FALSE, sizeof(WarmRun));
+    warm_collect(v, c->map, SPRITE_VMSTATE_BASE, UINT64_MAX, all);
     if (!units->len && all->len && !warm_mostly_cached(all)) {
         __atomic_store_n(&v->rec_id, c->pub.id, __ATOMIC_RELAXED);
     }
