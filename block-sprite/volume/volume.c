@@ -917,7 +917,7 @@ static void kick_shipper(SpriteVolume *v)
  * another host) records which units of RESTORE_UNIT bytes the VM state
  * reads touch, in order, up to RESTORE_SET_UNITS of them.  The set is
  * kept in the database, and so reaches other hosts with the next
- * metadata snapshot (after a flush, or at close); a later goto to the
+ * metadata snapshot (after the next upload, or at close); a later goto to the
  * checkpoint fetches those units first, several at once, while QEMU is
  * still setting the machine up (warm_queue()).  It is a hint: losing it
  * costs only time.
