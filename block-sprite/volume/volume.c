@@ -41,7 +41,11 @@
  * log: it takes room in the log with the lock, writes without it, and
  * maps the bytes with it again; sealing waits for such writes.  Order:
  * @flush_lock, then @lock, then a base volume's @lock (reads of a clone
- * take the base's lock with their own held).
+ * take the base's lock with their own held).  The try_ calls, for QEMU's
+ * event loop, only try @lock (a write takes it to clean up after the
+ * local disk failed): a read or write that would wait goes to a thread
+ * instead, and so does the mapping of a write whose bytes are in the log
+ * already (sprite_volume_write_finish()).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1629,22 +1633,28 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
 }
 
 /*
- * After a write: upload without waiting for a flush once enough is
- * pending.  A log of VM state alone (savevm streaming) waits for the
- * checkpoint that ends it, up to half the hard limit, so that uploads do
- * not compete with savevm for the host.  The write is acknowledged
- * either way; a failure here shows at the next flush.  Called with
- * neither lock held.
+ * After a write, with v->lock held: wake the shipper to upload without
+ * waiting for a flush once enough is pending.  A log of VM state alone
+ * (savevm streaming) waits for the checkpoint that ends it, up to half the
+ * hard limit, so that uploads do not compete with savevm for the host.
+ * Past the hard limit the writer must upload itself (flush_volume(), with
+ * neither lock held): says whether.  The write is acknowledged either way;
+ * a failure shows at the next flush.
  */
+static bool pend_grew(SpriteVolume *v)
+{
+    if (v->pend_len >= (v->pend_disk ? PENDING_MAX : PENDING_HARD / 2)) {
+        kick_shipper(v);
+    }
+    return v->pend_len >= PENDING_HARD;
+}
+
 static void maybe_flush(SpriteVolume *v)
 {
     bool hard;
 
     g_mutex_lock(&v->lock);
-    hard = v->pend_len >= PENDING_HARD;
-    if (v->pend_len >= (v->pend_disk ? PENDING_MAX : PENDING_HARD / 2)) {
-        kick_shipper(v);
-    }
+    hard = pend_grew(v);
     g_mutex_unlock(&v->lock);
     if (hard) {
         flush_volume(v, NULL);
@@ -1673,53 +1683,113 @@ static bool flush_for_room(SpriteVolume *v, int ret, GError **errp)
     return true;
 }
 
+/*
+ * Take v->lock and room in the log for a write of @len bytes at @offset.
+ * With @try, give up (-EAGAIN, nothing done) rather than wait for the
+ * lock or a seal, upload or report an error.  On success v->lock is
+ * held and the writer counted in v->pend_writers.
+ */
+static int write_begin(SpriteVolume *v, SpriteRecord *r, bool try,
+                       GError **errp)
+{
+    int ret;
+
+    if (try) {
+        if (!g_mutex_trylock(&v->lock)) {
+            return -EAGAIN;
+        }
+        if (v->sealing || v->pend_len + r->length >= PENDING_HARD ||
+            check_writable(v, NULL) < 0 ||
+            check_range(v, r->offset, r->length, NULL) < 0) {
+            g_mutex_unlock(&v->lock);
+            return -EAGAIN;
+        }
+    } else {
+        g_mutex_lock(&v->lock);
+        while (v->sealing) {
+            g_cond_wait(&v->pend_idle, &v->lock);
+        }
+        ret = check_writable(v, errp);
+        if (ret == 0) {
+            ret = check_range(v, r->offset, r->length, errp);
+        }
+        if (ret < 0) {
+            g_mutex_unlock(&v->lock);
+            return ret;
+        }
+    }
+    r->data_off = pend_reserve(v, r->length);
+    v->pend_writers++;
+    return 0;
+}
+
+/*
+ * Map @r's bytes, written into the log at r->data_off of @fd, or give
+ * their room back if the write failed (@ret), and let a seal go on.  Says
+ * whether the writer must upload (pend_grew()).  Called with v->lock held.
+ */
+static bool write_end(SpriteVolume *v, const SpriteRecord *r, int fd,
+                      int ret)
+{
+    bool hard = false;
+
+    if (ret == 0) {
+        add_record(v, r);
+        hard = pend_grew(v);
+    } else {
+        __atomic_sub_fetch(&v->unshipped, r->length, __ATOMIC_RELAXED);
+        /* Give the room back unless a later write took room after it. */
+        if (fd == v->pend_fd && r->data_off + r->length == v->pend_len) {
+            v->pend_len = r->data_off;
+        }
+    }
+    if (--v->pend_writers == 0) {
+        g_cond_broadcast(&v->pend_idle);
+    }
+    return hard;
+}
+
+/*
+ * Write @len bytes at @offset.  With @w, as sprite_volume_try_writev():
+ * the lock is only tried (but taken to clean up after a failed write to
+ * the log: the local disk failing), and the upload past the hard limit
+ * is left to the next write, which write_begin() sends the waiting way.
+ */
 static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
-                      const struct iovec *iov, int iovcnt, GError **errp)
+                      const struct iovec *iov, int iovcnt, SpriteWrite *w,
+                      GError **errp)
 {
     SpriteRecord r = { .offset = offset, .length = len,
                        .kind = SPRITE_REC_DATA };
-    int fd = -1;
+    bool hard;
+    int fd;
     int ret;
 
     g_assert(iov_len(iov, iovcnt) >= len);
     if (len == 0) {
         return 0;
     }
-    g_mutex_lock(&v->lock);
-    while (v->sealing) {
-        g_cond_wait(&v->pend_idle, &v->lock);
-    }
-    ret = check_writable(v, errp);
-    if (ret == 0) {
-        ret = check_range(v, offset, len, errp);
-    }
-    if (ret == 0) {
-        /* Room in the log now; the bytes go there without the lock. */
-        r.data_off = pend_reserve(v, len);
-        fd = v->pend_fd;
-        v->pend_writers++;
-    }
-    g_mutex_unlock(&v->lock);
+    ret = write_begin(v, &r, w != NULL, errp);
     if (ret < 0) {
         return ret;
     }
-    ret = log_write(v, fd, iov, iovcnt, len, r.data_off, errp);
-    g_mutex_lock(&v->lock);
-    if (ret == 0) {
-        add_record(v, &r);
-    } else {
-        __atomic_sub_fetch(&v->unshipped, len, __ATOMIC_RELAXED);
-        /* Give the room back unless a later write took room after it. */
-        if (fd == v->pend_fd && r.data_off + len == v->pend_len) {
-            v->pend_len = r.data_off;
-        }
-    }
-    if (--v->pend_writers == 0) {
-        g_cond_broadcast(&v->pend_idle);
-    }
+    /* The bytes go into the room taken without the lock. */
+    fd = v->pend_fd;
     g_mutex_unlock(&v->lock);
-    if (ret == 0) {
-        maybe_flush(v);
+    ret = log_write(v, fd, iov, iovcnt, len, r.data_off, errp);
+    if (w && ret == 0) {
+        if (!g_mutex_trylock(&v->lock)) {
+            *w = (SpriteWrite) { .offset = offset, .len = len,
+                                 .data_off = r.data_off };
+            return -EINPROGRESS;
+        }
+    } else {
+        g_mutex_lock(&v->lock);
+    }
+    hard = write_end(v, &r, fd, ret) && !w;
+    g_mutex_unlock(&v->lock);
+    if (hard) {
+        flush_volume(v, NULL);
     }
     return ret;
 }
@@ -1727,12 +1797,33 @@ static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
 int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
                          const struct iovec *iov, int iovcnt, GError **errp)
 {
-    int ret = write_data(v, offset, len, iov, iovcnt, errp);
+    int ret = write_data(v, offset, len, iov, iovcnt, NULL, errp);
 
     if (ret < 0 && flush_for_room(v, ret, errp)) {
-        ret = write_data(v, offset, len, iov, iovcnt, errp);
+        ret = write_data(v, offset, len, iov, iovcnt, NULL, errp);
     }
     return ret;
+}
+
+int sprite_volume_try_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                             const struct iovec *iov, int iovcnt,
+                             SpriteWrite *w)
+{
+    return write_data(v, offset, len, iov, iovcnt, w, NULL);
+}
+
+void sprite_volume_write_finish(SpriteVolume *v, const SpriteWrite *w)
+{
+    SpriteRecord r = { .offset = w->offset, .length = w->len,
+                       .data_off = w->data_off, .kind = SPRITE_REC_DATA };
+    bool hard;
+
+    g_mutex_lock(&v->lock);
+    hard = write_end(v, &r, -1, 0);
+    g_mutex_unlock(&v->lock);
+    if (hard) {
+        flush_volume(v, NULL);
+    }
 }
 
 static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)

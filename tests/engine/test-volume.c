@@ -1519,6 +1519,114 @@ static void test_try_read(gconstpointer data)
     g_rand_free(r);
 }
 
+/* Flushes @v over and over, keeping its lock busy, until told to stop. */
+typedef struct Flusher {
+    SpriteVolume *v;
+    gint stop;
+} Flusher;
+
+static gpointer flusher_main(gpointer opaque)
+{
+    Flusher *f = opaque;
+
+    while (!g_atomic_int_get(&f->stop)) {
+        flush_ok(f->v);
+    }
+    return NULL;
+}
+
+/* Reads @v over and over, the same way. */
+static gpointer busy_reader_main(gpointer opaque)
+{
+    Flusher *f = opaque;
+    uint8_t buf[4096];
+    struct iovec iov = { buf, sizeof(buf) };
+
+    while (!g_atomic_int_get(&f->stop)) {
+        g_assert_cmpint(sprite_volume_readv(f->v, 0, sizeof(buf), &iov, 1,
+                                            NULL), ==, 0);
+    }
+    return NULL;
+}
+
+/*
+ * Writes from an event loop (sprite_volume_try_writev()) while another
+ * thread flushes: each is done at once, or finished later when mapping
+ * it had to wait for the lock, or left to sprite_volume_writev(); all
+ * read back and survive an empty cache.  A write that cannot be done
+ * here (beyond the end, read-only) writes nothing.
+ */
+static void test_try_write(gconstpointer data)
+{
+    const Backend *b = data;
+    const uint64_t size = 1 << 20, block = 4096;
+    g_autofree char *url = NULL, *cache = NULL;
+    SpriteVolumeOptions o = opts(b, &url, &cache);
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autoptr(GError) err = NULL;
+    unsigned done = 0, finished = 0, waited = 0;
+    Flusher f = { 0 };
+    GRand *r = g_rand_new_with_seed(13);
+    struct iovec iov;
+    SpriteWrite w;
+    GThread *t, *reader;
+    int i, ret;
+
+    g_assert_cmpint(sprite_volume_create(&o, size, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_open(&o, &f.v, &err), ==, 0);
+    t = g_thread_new("flusher", flusher_main, &f);
+    reader = g_thread_new("reader", busy_reader_main, &f);
+    for (i = 0; i < 400; i++) {
+        uint64_t off = g_rand_int_range(r, 0, size / block) * block;
+        uint64_t len = g_rand_int_range(r, 1, 65) * block;
+
+        len = MIN(len, size - off);
+
+        fill_random(r, model + off, len);
+        iov = (struct iovec) { model + off, len };
+        ret = sprite_volume_try_writev(f.v, off, len, &iov, 1, &w);
+        if (ret == 0) {
+            done++;
+        } else if (ret == -EINPROGRESS) {
+            g_assert_cmpuint(w.offset, ==, off);
+            g_assert_cmpuint(w.len, ==, len);
+            sprite_volume_write_finish(f.v, &w);
+            finished++;
+        } else {
+            g_assert_cmpint(ret, ==, -EAGAIN);
+            g_assert_cmpint(sprite_volume_writev(f.v, off, len, &iov, 1,
+                                                 &err), ==, 0);
+            waited++;
+        }
+    }
+    g_atomic_int_set(&f.stop, 1);
+    g_thread_join(t);
+    g_thread_join(reader);
+    g_test_message("try writes: %u done, %u finished later, %u waited",
+                   done, finished, waited);
+    g_assert_cmpuint(done, >, 0);
+    read_all_equal(f.v, model, size);
+
+    /* Beyond the end: nothing written. */
+    iov = (struct iovec) { model, 2 * block };
+    g_assert_cmpint(sprite_volume_try_writev(f.v, size, block, &iov, 1, &w),
+                    ==, -EAGAIN);
+    g_assert_cmpint(sprite_volume_try_writev(f.v, size - block, 2 * block,
+                                             &iov, 1, &w), ==, -EAGAIN);
+    flush_ok(f.v);
+    sprite_volume_close(f.v);
+
+    rm_rf(cache);
+    o.read_only = true;
+    g_assert_cmpint(sprite_volume_open(&o, &f.v, &err), ==, 0);
+    read_all_equal(f.v, model, size);
+    g_assert_cmpint(sprite_volume_try_writev(f.v, 0, block, &iov, 1, &w),
+                    ==, -EAGAIN);
+    read_all_equal(f.v, model, size);
+    sprite_volume_close(f.v);
+    g_rand_free(r);
+}
+
 static void test_errors(gconstpointer data)
 {
     const Backend *b = data;
@@ -1879,7 +1987,7 @@ int main(int argc, char **argv)
                             "gc", "gc-readers", "gc-race",
                             "vmstate-dedup", "vmstate-in-place",
                             "concurrent-writers", "try-read",
-                            "restore-set" };
+                            "try-write", "restore-set" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
@@ -1887,7 +1995,7 @@ int main(int argc, char **argv)
                             test_gc_readers, test_gc_race,
                             test_vmstate_dedup, test_vmstate_in_place,
                             test_concurrent_writers, test_try_read,
-                            test_restore_set };
+                            test_try_write, test_restore_set };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);

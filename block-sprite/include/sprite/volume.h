@@ -107,6 +107,27 @@ int sprite_volume_try_readv(SpriteVolume *v, uint64_t offset, uint64_t len,
 int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
                          const struct iovec *iov, int iovcnt, GError **errp);
 
+/*
+ * Write like sprite_volume_writev() without waiting for a lock or an
+ * upload, for callers on an event loop (it costs a local file write).
+ * Returns 0 when done.  -EINPROGRESS when the bytes are in the log but
+ * mapping them needs a lock that is busy: the write is done once
+ * sprite_volume_write_finish(@v, @w) returns, which the caller calls
+ * where it may wait (and before its next write of the same bytes).  Any
+ * other -errno (-EAGAIN among them) having written nothing that counts:
+ * the caller then calls sprite_volume_writev().
+ */
+typedef struct SpriteWrite {
+    uint64_t offset;
+    uint64_t len;
+    uint64_t data_off;          /* where in the log */
+} SpriteWrite;
+
+int sprite_volume_try_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
+                             const struct iovec *iov, int iovcnt,
+                             SpriteWrite *w);
+void sprite_volume_write_finish(SpriteVolume *v, const SpriteWrite *w);
+
 /* Make [@offset, @offset + @len) read as zeroes, storing no data. */
 int sprite_volume_write_zeroes(SpriteVolume *v, uint64_t offset,
                                uint64_t len, GError **errp);

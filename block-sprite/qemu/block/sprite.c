@@ -302,6 +302,7 @@ static void sprite_refresh_filename(BlockDriverState *bs)
 typedef enum SpriteOp {
     SPRITE_OP_READ,
     SPRITE_OP_WRITE,
+    SPRITE_OP_WRITE_FINISH,
     SPRITE_OP_WRITE_ZEROES,
     SPRITE_OP_DISCARD,
     SPRITE_OP_FLUSH,
@@ -317,6 +318,7 @@ typedef struct SpriteRequest {
     uint64_t offset;
     uint64_t bytes;
     QEMUIOVector *qiov;
+    SpriteWrite write;      /* SPRITE_OP_WRITE_FINISH */
     bool fua;               /* writes: flush before completing */
     uint64_t pnum;          /* block status */
     unsigned status;
@@ -332,6 +334,9 @@ static int sprite_worker_op(SpriteRequest *r)
     case SPRITE_OP_WRITE:
         return sprite_volume_writev(r->vol, r->offset, r->bytes,
                                     r->qiov->iov, r->qiov->niov, &r->err);
+    case SPRITE_OP_WRITE_FINISH:
+        sprite_volume_write_finish(r->vol, &r->write);
+        return 0;
     case SPRITE_OP_WRITE_ZEROES:
         return sprite_volume_write_zeroes(r->vol, r->offset, r->bytes,
                                           &r->err);
@@ -449,7 +454,35 @@ static int coroutine_fn GRAPH_RDLOCK
 sprite_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                   QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
-    return sprite_co_io(bs, SPRITE_OP_WRITE, offset, bytes, qiov, flags);
+    BDRVSpriteState *s = bs->opaque;
+    SpriteRequest r = {
+        .op = SPRITE_OP_WRITE, .offset = offset, .bytes = bytes, .qiov = qiov,
+        .fua = flags & BDRV_REQ_FUA,
+    };
+    int ret;
+
+    /*
+     * As for reads: the bytes go into the local log right here, like a
+     * write to a local file.  Only a write that must wait (for a lock, a
+     * seal or an upload) goes to the thread pool, and one whose mapping
+     * has to wait for the lock is finished there.
+     */
+    sprite_fault_in(qiov);
+    switch (sprite_volume_try_writev(s->vol, offset, bytes, qiov->iov,
+                                     qiov->niov, &r.write)) {
+    case 0:
+        if (!r.fua) {
+            return 0;
+        }
+        r.op = SPRITE_OP_FLUSH;
+        r.fua = false;
+        break;
+    case -EINPROGRESS:
+        r.op = SPRITE_OP_WRITE_FINISH;
+        break;
+    }
+    ret = sprite_co_submit(bs, &r);
+    return ret < 0 ? sprite_io_error(ret, r.err) : 0;
 }
 
 static int coroutine_fn GRAPH_RDLOCK
