@@ -42,10 +42,10 @@
  * maps the bytes with it again; sealing waits for such writes.  Order:
  * @flush_lock, then @lock, then a base volume's @lock (reads of a clone
  * take the base's lock with their own held).  The try_ calls, for QEMU's
- * event loop, only try @lock (a write takes it to clean up after the
- * local disk failed): a read or write that would wait goes to a thread
- * instead, and so does the mapping of a write whose bytes are in the log
- * already (sprite_volume_write_finish()).
+ * event loop, only try @lock: a read or write that would wait goes to a
+ * thread instead, and a write whose bytes are in the log when the lock is
+ * busy for their mapping is ended by trying again later
+ * (sprite_volume_try_write_end()); seals wait for it meanwhile.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1638,8 +1638,9 @@ static int pend_append(SpriteVolume *v, const struct iovec *iov, int iovcnt,
  * (savevm streaming) waits for the checkpoint that ends it, up to half the
  * hard limit, so that uploads do not compete with savevm for the host.
  * Past the hard limit the writer must upload itself (flush_volume(), with
- * neither lock held): says whether.  The write is acknowledged either way;
- * a failure shows at the next flush.
+ * neither lock held; a try writer leaves that to the next write): says
+ * whether.  The write is acknowledged either way; a failure shows at the
+ * next flush.
  */
 static bool pend_grew(SpriteVolume *v)
 {
@@ -1684,10 +1685,11 @@ static bool flush_for_room(SpriteVolume *v, int ret, GError **errp)
 }
 
 /*
- * Take v->lock and room in the log for a write of @len bytes at @offset.
- * With @try, give up (-EAGAIN, nothing done) rather than wait for the
- * lock or a seal, upload or report an error.  On success v->lock is
- * held and the writer counted in v->pend_writers.
+ * Take v->lock and room in the log for the write @r.  With @try, give up
+ * (-EAGAIN, nothing done) rather than wait for the lock or a seal, upload
+ * or report an error.  On success v->lock is held and the writer counted
+ * in v->pend_writers, which a seal waits for: the writer must end the
+ * write (write_end()) without waiting for anything a seal holds up.
  */
 static int write_begin(SpriteVolume *v, SpriteRecord *r, bool try,
                        GError **errp)
@@ -1724,9 +1726,11 @@ static int write_begin(SpriteVolume *v, SpriteRecord *r, bool try,
 }
 
 /*
- * Map @r's bytes, written into the log at r->data_off of @fd, or give
- * their room back if the write failed (@ret), and let a seal go on.  Says
- * whether the writer must upload (pend_grew()).  Called with v->lock held.
+ * Map @r's bytes, written into the log at r->data_off of @fd; or, if
+ * writing them failed (@ret), give their room back unless a later write
+ * took room after it (the hole is then uploaded with the rest, and
+ * counted off v->unshipped then).  Lets a seal go on.  Says whether the
+ * writer must upload (pend_grew()).  Called with v->lock held.
  */
 static bool write_end(SpriteVolume *v, const SpriteRecord *r, int fd,
                       int ret)
@@ -1736,12 +1740,9 @@ static bool write_end(SpriteVolume *v, const SpriteRecord *r, int fd,
     if (ret == 0) {
         add_record(v, r);
         hard = pend_grew(v);
-    } else {
+    } else if (fd == v->pend_fd && r->data_off + r->length == v->pend_len) {
+        v->pend_len = r->data_off;
         __atomic_sub_fetch(&v->unshipped, r->length, __ATOMIC_RELAXED);
-        /* Give the room back unless a later write took room after it. */
-        if (fd == v->pend_fd && r->data_off + r->length == v->pend_len) {
-            v->pend_len = r->data_off;
-        }
     }
     if (--v->pend_writers == 0) {
         g_cond_broadcast(&v->pend_idle);
@@ -1749,12 +1750,7 @@ static bool write_end(SpriteVolume *v, const SpriteRecord *r, int fd,
     return hard;
 }
 
-/*
- * Write @len bytes at @offset.  With @w, as sprite_volume_try_writev():
- * the lock is only tried (but taken to clean up after a failed write to
- * the log: the local disk failing), and the upload past the hard limit
- * is left to the next write, which write_begin() sends the waiting way.
- */
+/* Write @len bytes at @offset; with @w, as sprite_volume_try_writev(). */
 static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
                       const struct iovec *iov, int iovcnt, SpriteWrite *w,
                       GError **errp)
@@ -1777,16 +1773,13 @@ static int write_data(SpriteVolume *v, uint64_t offset, uint64_t len,
     fd = v->pend_fd;
     g_mutex_unlock(&v->lock);
     ret = log_write(v, fd, iov, iovcnt, len, r.data_off, errp);
-    if (w && ret == 0) {
-        if (!g_mutex_trylock(&v->lock)) {
-            *w = (SpriteWrite) { .offset = offset, .len = len,
-                                 .data_off = r.data_off };
-            return -EINPROGRESS;
-        }
-    } else {
-        g_mutex_lock(&v->lock);
+    if (w) {
+        *w = (SpriteWrite) { .offset = offset, .len = len,
+                             .data_off = r.data_off, .fd = fd, .ret = ret };
+        return sprite_volume_try_write_end(v, w);
     }
-    hard = write_end(v, &r, fd, ret) && !w;
+    g_mutex_lock(&v->lock);
+    hard = write_end(v, &r, fd, ret);
     g_mutex_unlock(&v->lock);
     if (hard) {
         flush_volume(v, NULL);
@@ -1812,18 +1805,21 @@ int sprite_volume_try_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
     return write_data(v, offset, len, iov, iovcnt, w, NULL);
 }
 
-void sprite_volume_write_finish(SpriteVolume *v, const SpriteWrite *w)
+int sprite_volume_try_write_end(SpriteVolume *v, const SpriteWrite *w)
 {
     SpriteRecord r = { .offset = w->offset, .length = w->len,
                        .data_off = w->data_off, .kind = SPRITE_REC_DATA };
-    bool hard;
 
-    g_mutex_lock(&v->lock);
-    hard = write_end(v, &r, -1, 0);
-    g_mutex_unlock(&v->lock);
-    if (hard) {
-        flush_volume(v, NULL);
+    if (!g_mutex_trylock(&v->lock)) {
+        return -EINPROGRESS;
     }
+    /*
+     * Past the hard limit the writer does not upload here: write_begin()
+     * sends the next write the waiting way, which does.
+     */
+    write_end(v, &r, w->fd, w->ret);
+    g_mutex_unlock(&v->lock);
+    return w->ret;
 }
 
 static int check_vmstate_range(uint64_t pos, uint64_t len, GError **errp)
@@ -2358,7 +2354,8 @@ static int upload_snapshot(SpriteVolume *v, GError **errp)
 /*
  * Turn the pending log into segment v->seq + 1 (v->sealed) and let the
  * other log file take writes while it uploads.  Costs no copy and no
- * file system operation; waits for the writes copying into the log.
+ * file system operation; waits for the writes that took room in the log
+ * to be mapped (write_end()).
  * Called with v->lock held and v->sealed NULL (so the other log is free
  * and empty).
  */

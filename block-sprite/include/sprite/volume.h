@@ -108,25 +108,29 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
                          const struct iovec *iov, int iovcnt, GError **errp);
 
 /*
- * Write like sprite_volume_writev() without waiting for a lock or an
- * upload, for callers on an event loop (it costs a local file write).
- * Returns 0 when done.  -EINPROGRESS when the bytes are in the log but
- * mapping them needs a lock that is busy: the write is done once
- * sprite_volume_write_finish(@v, @w) returns, which the caller calls
- * where it may wait (and before its next write of the same bytes).  Any
- * other -errno (-EAGAIN among them) having written nothing that counts:
- * the caller then calls sprite_volume_writev().
+ * Write like sprite_volume_writev(), for callers on an event loop: the
+ * volume's lock is only tried and nothing waits for an upload, so the
+ * call costs a local file write of @len bytes.  Returns 0 when done; any
+ * -errno but -EINPROGRESS (-EAGAIN among them) having written nothing
+ * that counts, and the caller then calls sprite_volume_writev(); or
+ * -EINPROGRESS when the bytes are in the log but the lock was busy for
+ * mapping them: the caller then calls sprite_volume_try_write_end() with
+ * @w, after a pause, until it returns something else.  Meanwhile flushes
+ * and checkpoints of @v wait, so the caller must not wait for them.  Two
+ * writes of the same bytes in flight at once end in either order.
  */
-typedef struct SpriteWrite {
+typedef struct SpriteWrite {    /* for sprite_volume_try_write_end() */
     uint64_t offset;
     uint64_t len;
-    uint64_t data_off;          /* where in the log */
+    uint64_t data_off;
+    int fd;
+    int ret;
 } SpriteWrite;
 
 int sprite_volume_try_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
                              const struct iovec *iov, int iovcnt,
                              SpriteWrite *w);
-void sprite_volume_write_finish(SpriteVolume *v, const SpriteWrite *w);
+int sprite_volume_try_write_end(SpriteVolume *v, const SpriteWrite *w);
 
 /* Make [@offset, @offset + @len) read as zeroes, storing no data. */
 int sprite_volume_write_zeroes(SpriteVolume *v, uint64_t offset,

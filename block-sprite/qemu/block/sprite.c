@@ -25,10 +25,13 @@
 #include "qapi/error.h"
 #include "qapi/qapi-visit-block-core.h"
 #include "qobject/qdict.h"
+#include "qemu/coroutine.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
 #include "qemu/module.h"
 #include "qemu/option.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
 #include "trace.h"
 
 #define SPRITE_OPT_URL "url"
@@ -302,7 +305,6 @@ static void sprite_refresh_filename(BlockDriverState *bs)
 typedef enum SpriteOp {
     SPRITE_OP_READ,
     SPRITE_OP_WRITE,
-    SPRITE_OP_WRITE_FINISH,
     SPRITE_OP_WRITE_ZEROES,
     SPRITE_OP_DISCARD,
     SPRITE_OP_FLUSH,
@@ -318,7 +320,6 @@ typedef struct SpriteRequest {
     uint64_t offset;
     uint64_t bytes;
     QEMUIOVector *qiov;
-    SpriteWrite write;      /* SPRITE_OP_WRITE_FINISH */
     bool fua;               /* writes: flush before completing */
     uint64_t pnum;          /* block status */
     unsigned status;
@@ -334,9 +335,6 @@ static int sprite_worker_op(SpriteRequest *r)
     case SPRITE_OP_WRITE:
         return sprite_volume_writev(r->vol, r->offset, r->bytes,
                                     r->qiov->iov, r->qiov->niov, &r->err);
-    case SPRITE_OP_WRITE_FINISH:
-        sprite_volume_write_finish(r->vol, &r->write);
-        return 0;
     case SPRITE_OP_WRITE_ZEROES:
         return sprite_volume_write_zeroes(r->vol, r->offset, r->bytes,
                                           &r->err);
@@ -431,6 +429,16 @@ static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
     return sprite_co_io_faulted(bs, op, offset, bytes, qiov, flags);
 }
 
+/*
+ * Writes up to this size are copied into the log from the coroutine: a
+ * larger copy would hold up the event loop (and the kernel may make the
+ * writer sleep to throttle dirty pages).
+ */
+#define SPRITE_CO_WRITE_MAX (1 * MiB)
+/* The first and the longest pause before trying the volume lock again. */
+#define SPRITE_CO_RETRY_MIN_NS (10 * SCALE_US)
+#define SPRITE_CO_RETRY_MAX_NS (1 * SCALE_MS)
+
 static int coroutine_fn GRAPH_RDLOCK
 sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                  QEMUIOVector *qiov, BdrvRequestFlags flags)
@@ -455,34 +463,33 @@ sprite_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                   QEMUIOVector *qiov, BdrvRequestFlags flags)
 {
     BDRVSpriteState *s = bs->opaque;
-    SpriteRequest r = {
-        .op = SPRITE_OP_WRITE, .offset = offset, .bytes = bytes, .qiov = qiov,
-        .fua = flags & BDRV_REQ_FUA,
-    };
-    int ret;
+    int64_t pause = SPRITE_CO_RETRY_MIN_NS;
+    SpriteWrite w;
+    int ret = -EAGAIN;
 
     /*
-     * As for reads: the bytes go into the local log right here, like a
-     * write to a local file.  Only a write that must wait (for a lock, a
-     * seal or an upload) goes to the thread pool, and one whose mapping
-     * has to wait for the lock is finished there.
+     * As for reads: the bytes go into the local log right here, as into a
+     * local file.  Only a write that must wait (for the lock, a seal or an
+     * upload) goes to the thread pool.  One whose mapping found the lock
+     * busy tries again after a pause, here: in the pool it could queue
+     * behind writes that wait for a seal, which waits for it.
      */
     sprite_fault_in(qiov);
-    switch (sprite_volume_try_writev(s->vol, offset, bytes, qiov->iov,
-                                     qiov->niov, &r.write)) {
-    case 0:
-        if (!r.fua) {
-            return 0;
-        }
-        r.op = SPRITE_OP_FLUSH;
-        r.fua = false;
-        break;
-    case -EINPROGRESS:
-        r.op = SPRITE_OP_WRITE_FINISH;
-        break;
+    if (bytes <= SPRITE_CO_WRITE_MAX) {
+        ret = sprite_volume_try_writev(s->vol, offset, bytes, qiov->iov,
+                                       qiov->niov, &w);
     }
-    ret = sprite_co_submit(bs, &r);
-    return ret < 0 ? sprite_io_error(ret, r.err) : 0;
+    while (ret == -EINPROGRESS) {
+        qemu_co_sleep_ns(QEMU_CLOCK_REALTIME, pause);
+        pause = MIN(pause * 2, SPRITE_CO_RETRY_MAX_NS);
+        ret = sprite_volume_try_write_end(s->vol, &w);
+    }
+    if (ret == 0) {
+        return flags & BDRV_REQ_FUA ?
+            sprite_co_io_faulted(bs, SPRITE_OP_FLUSH, 0, 0, NULL, 0) : 0;
+    }
+    return sprite_co_io_faulted(bs, SPRITE_OP_WRITE, offset, bytes, qiov,
+                                flags);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
