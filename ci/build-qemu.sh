@@ -155,7 +155,7 @@ build_libsprite() {
 }
 
 main() {
-    local tarball key dir src bld
+    local tarball key dir src bld configured pc
     command -v meson >/dev/null ||
         die "meson is missing: run ci/install-deps.sh first"
     tarball=$(fetch_tarball)
@@ -173,7 +173,8 @@ main() {
     build_libsprite "$dir/prefix"
 
     export PKG_CONFIG_PATH=$dir/prefix/lib/pkgconfig
-    if [ ! -f "$bld/build.ninja" ]; then
+    configured=$([ -f "$bld/build.ninja" ] && echo yes || true)
+    if [ -z "$configured" ]; then
         log "configuring QEMU in $bld"
         rm -rf "$bld"
         mkdir -p "$bld"
@@ -182,6 +183,21 @@ main() {
             rm -f "$bld/build.ninja"
             die "QEMU configure failed (full log: $bld/configure.log)"
         }
+    fi
+    # QEMU reads libsprite's pkg-config file when it is configured (a copy
+    # is kept as $bld/sprite.pc): after a change there (a new dependency),
+    # meson runs again in place.
+    pc=$dir/prefix/lib/pkgconfig/sprite.pc
+    if ! cmp -s "$pc" "$bld/sprite.pc"; then
+        if [ -n "$configured" ]; then
+            log "libsprite's pkg-config file changed: reconfiguring QEMU"
+            { "$bld/pyvenv/bin/meson" configure --clearcache "$bld" &&
+              ninja -C "$bld" reconfigure; } >"$dir/reconfigure.log" 2>&1 || {
+                tail -30 "$dir/reconfigure.log" >&2
+                die "QEMU reconfigure failed (full log: $dir/reconfigure.log)"
+            }
+        fi
+        cp "$pc" "$bld/sprite.pc"
     fi
     log "building QEMU (key $key)"
     ninja -C "$bld" >"$dir/ninja.log" 2>&1 || {

@@ -23,7 +23,8 @@ PKGS=(
     # build
     build-essential pkg-config ninja-build python3 python3-venv
     libglib2.0-dev libpixman-1-dev libslirp-dev libaio-dev
-    libsqlite3-dev sqlite3 libcurl4-openssl-dev libxml2-dev libxxhash-dev
+    libsqlite3-dev sqlite3 libcurl4-openssl-dev libssl-dev libxml2-dev
+    libxxhash-dev
     libfdt-dev
     xz-utils ca-certificates curl
     # test guest
