@@ -784,15 +784,16 @@ static void store_bytes_match(const Backend *b, SpriteVolume *v,
     sprite_volume_info_clear(&info);
 }
 
-static uint64_t generation(SpriteVolume *v)
+/* What sprite_volume_get_info() says of @v, without its strings. */
+static SpriteVolumeInfo info_numbers(SpriteVolume *v)
 {
-    SpriteVolumeInfo info;
-    uint64_t gen;
+    SpriteVolumeInfo info, numbers;
 
     sprite_volume_get_info(v, &info);
-    gen = info.generation;
+    numbers = info;
+    numbers.url = numbers.base_url = numbers.cache_dir = NULL;
     sprite_volume_info_clear(&info);
-    return gen;
+    return numbers;
 }
 
 /*
@@ -829,7 +830,7 @@ static void test_gc(gconstpointer data)
     flush_ok(v);
     put(v, r, model, 0, 256 * K);               /* 4 */
     flush_ok(v);
-    g_assert_cmpuint(generation(v), ==, 4);
+    g_assert_cmpuint(info_numbers(v).generation, ==, 4);
 
     /* No snapshot covers them yet: a restore would replay them all. */
     st = gc_ok(v, false);
@@ -846,11 +847,11 @@ static void test_gc(gconstpointer data)
     /* Segment 1 is 3/4 dead: compacted into a new one, then collected. */
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
     store_bytes_match(b, v, url);
-    compacted = generation(v) + 1;
+    compacted = info_numbers(v).generation + 1;
     st = gc_ok(v, true);
     g_assert_cmpuint(st.compacted, ==, 1);
     g_assert_cmpuint(st.compacted_bytes, ==, 1 * M);
-    g_assert_cmpuint(generation(v), ==, compacted);
+    g_assert_cmpuint(info_numbers(v).generation, ==, compacted);
     read_all_equal(v, model, size);
     st = gc_ok(v, true);
     /* 1, and the empty one that close wrote for its second snapshot */
@@ -868,7 +869,7 @@ static void test_gc(gconstpointer data)
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &ck, &err), ==, 0);
     mck = g_memdup2(model, size);
     flush_ok(v);
-    held = generation(v);
+    held = info_numbers(v).generation;
     put(v, r, model, 512 * K, 256 * K);
     flush_ok(v);
     sprite_volume_close(v);
@@ -886,7 +887,7 @@ static void test_gc(gconstpointer data)
     put(v, r, model, 2 * M, 64 * K);
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &ck2, &err), ==, 0);
     flush_ok(v);
-    dropped = generation(v);
+    dropped = info_numbers(v).generation;
     put(v, r, model, 2 * M, 64 * K);
     flush_ok(v);
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "ck2", &err),
@@ -987,7 +988,7 @@ static void test_gc_readers(gconstpointer data)
     g_free(old);
     old = g_memdup2(model, size);
     g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    pin = generation(v);
+    pin = info_numbers(v).generation;
     for (i = 0; i < 3; i++) {
         put(v, r, model, 0, size);
         flush_ok(v);
@@ -1633,17 +1634,6 @@ static int try_write_end(SpriteVolume *v, const SpriteWrite *w)
     return ret;
 }
 
-static uint64_t pending_bytes(SpriteVolume *v)
-{
-    SpriteVolumeInfo info;
-    uint64_t n;
-
-    sprite_volume_get_info(v, &info);
-    n = info.pending_bytes;
-    sprite_volume_info_clear(&info);
-    return n;
-}
-
 /*
  * Writes from an event loop (sprite_volume_try_writev()) while another
  * thread flushes: each is done at once, ended later when its mapping
@@ -1732,11 +1722,11 @@ static void test_try_write(gconstpointer data)
     g_assert_cmpint(g_atomic_int_get(&f.done), ==, 0);
     g_assert_cmpint(try_write_end(f.v, &w), ==, 0);
     g_thread_join(t);
-    g_assert_cmpuint(pending_bytes(f.v), ==, 0);
+    g_assert_cmpuint(info_numbers(f.v).pending_bytes, ==, 0);
     read_all_equal(f.v, model, size);
 
     /* Refused, writing nothing: beyond the end; the log file failing. */
-    before = pending_bytes(f.v);
+    before = info_numbers(f.v).pending_bytes;
     memset(junk, 0xee, sizeof(junk));
     iov = (struct iovec) { junk, sizeof(junk) };
     g_assert_cmpint(sprite_volume_try_writev(f.v, size, block, &iov, 1, &w),
@@ -1753,7 +1743,7 @@ static void test_try_write(gconstpointer data)
     }
     g_assert_cmpint(setrlimit(RLIMIT_FSIZE, &fsize), ==, 0);
     g_assert_cmpint(ret, ==, -EFBIG);
-    g_assert_cmpuint(pending_bytes(f.v), ==, before);
+    g_assert_cmpuint(info_numbers(f.v).pending_bytes, ==, before);
     read_all_equal(f.v, model, size);
     flush_ok(f.v);
     sprite_volume_close(f.v);
