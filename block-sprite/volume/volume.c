@@ -204,11 +204,13 @@ static Ckpt *find_ckpt_by_id_or_name(SpriteVolume *v, const char *id_or_name)
 static void sealed_free(Sealed *sl)
 {
     if (sl) {
+        struct stat st;
+
         sprite_seg_header_free(sl->h);
         sprite_extmap_free(sl->map);
         /* The log file (unless the cache took it) is free for the next
          * seal; a large one is emptied. */
-        if (sl->fd >= 0 && PEND_RESERVE + sl->h->data_len > LOG_KEEP &&
+        if (sl->fd >= 0 && (fstat(sl->fd, &st) < 0 || st.st_size > LOG_KEEP) &&
             ftruncate(sl->fd, 0) < 0) {
             /* harmless: it only takes room in the cache directory */
         }
@@ -1681,6 +1683,33 @@ static bool out_of_room(int ret)
 }
 
 /*
+ * Give back the room that the log files keep past their data (LOG_KEEP),
+ * but a sealed log's that is still to be uploaded.  Called with neither
+ * lock held.
+ */
+static void logs_trim(SpriteVolume *v)
+{
+    int i;
+
+    g_mutex_lock(&v->flush_lock);       /* no seal meanwhile */
+    g_mutex_lock(&v->lock);
+    for (i = 0; i < 2; i++) {
+        int fd = v->log_fd[i];
+
+        if (fd < 0 || (v->sealed && v->sealed->fd == fd)) {
+            continue;
+        }
+        /* Writes in flight write within v->pend_len. */
+        if (ftruncate(fd, fd == v->pend_fd ? PEND_RESERVE + v->pend_len : 0)
+            < 0) {
+            /* the write that needs the room fails again, and says so */
+        }
+    }
+    g_mutex_unlock(&v->lock);
+    g_mutex_unlock(&v->flush_lock);
+}
+
+/*
  * Make room after out_of_room(@ret) by flushing, and say whether to try
  * again (then *@errp is cleared).  Called with neither lock held.
  */
@@ -1689,6 +1718,7 @@ static bool flush_for_room(SpriteVolume *v, int ret, GError **errp)
     if (!out_of_room(ret) || flush_volume(v, NULL) < 0) {
         return false;
     }
+    logs_trim(v);
     g_clear_error(errp);
     return true;
 }
@@ -1752,6 +1782,13 @@ static bool write_end(SpriteVolume *v, const SpriteRecord *r, int fd,
     } else if (fd == v->pend_fd && r->data_off + r->length == v->pend_len) {
         v->pend_len = r->data_off;
         __atomic_sub_fetch(&v->unshipped, r->length, __ATOMIC_RELAXED);
+    } else if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         PEND_RESERVE + r->data_off, r->length) < 0) {
+        /*
+         * The hole goes out unmapped with the segment; zeroed, it does
+         * not carry what a kept log file held before (LOG_KEEP).  Where
+         * punching fails, those are this volume's own older bytes.
+         */
     }
     if (--v->pend_writers == 0) {
         g_cond_broadcast(&v->pend_idle);

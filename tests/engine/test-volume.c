@@ -6,11 +6,10 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <errno.h>
-#include <signal.h>
+#include <fcntl.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -770,20 +769,6 @@ static SpriteGcStats gc_ok(SpriteVolume *v, bool compaction)
     return st;
 }
 
-/* The usage figure matches what the store holds. */
-static void store_bytes_match(const Backend *b, SpriteVolume *v,
-                              const char *url)
-{
-    g_autoptr(GHashTable) segs = NULL;
-    SpriteVolumeInfo info;
-    uint64_t bytes;
-
-    segs = list_objects(b, url, "seg", &bytes);
-    sprite_volume_get_info(v, &info);
-    g_assert_cmpuint(info.store_bytes, ==, bytes);
-    sprite_volume_info_clear(&info);
-}
-
 /* What sprite_volume_get_info() says of @v, without its strings. */
 static SpriteVolumeInfo info_numbers(SpriteVolume *v)
 {
@@ -794,6 +779,17 @@ static SpriteVolumeInfo info_numbers(SpriteVolume *v)
     numbers.url = numbers.base_url = numbers.cache_dir = NULL;
     sprite_volume_info_clear(&info);
     return numbers;
+}
+
+/* The usage figure matches what the store holds. */
+static void store_bytes_match(const Backend *b, SpriteVolume *v,
+                              const char *url)
+{
+    g_autoptr(GHashTable) segs = NULL;
+    uint64_t bytes;
+
+    segs = list_objects(b, url, "seg", &bytes);
+    g_assert_cmpuint(info_numbers(v).store_bytes, ==, bytes);
 }
 
 /*
@@ -1570,6 +1566,7 @@ static void test_log_reuse(gconstpointer data)
                             ==, 0);
         }
         g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
+        store_bytes_match(b, v, url);
         read_all_equal(v, model, size);
         read_elsewhere_equal(o, model, size);
     }
@@ -1641,19 +1638,19 @@ static int try_write_end(SpriteVolume *v, const SpriteWrite *w)
  * and survive an empty cache.  A write left -EINPROGRESS holds up a
  * flush until it ends, and lands in the segment that flush uploads.  A
  * write that cannot be done here (beyond the end, read-only, the log
- * file refusing it) writes nothing.
+ * file failing) writes nothing.
  */
 static void test_try_write(gconstpointer data)
 {
     const Backend *b = data;
-    const uint64_t size = 16 << 20, block = 4096, big = 8 << 20;
+    const uint64_t size = 16 << 20, block = 4096, big = 2 << 20;
     g_autofree char *url = NULL, *cache = NULL;
     SpriteVolumeOptions o = opts(b, &url, &cache);
     g_autofree uint8_t *model = g_malloc0(size);
     g_autoptr(GError) err = NULL;
     unsigned done = 0, ended = 0, waited = 0, tries = 0;
-    struct rlimit fsize, small = { 1 << 20, RLIM_INFINITY };
     uint8_t junk[8192];
+    int full, logfd;
     Flusher f = { 0 };
     GRand *r = g_rand_new_with_seed(13);
     struct iovec iov;
@@ -1699,6 +1696,7 @@ static void test_try_write(gconstpointer data)
      * held finds it free to take room (the loop catches a gap) and busy
      * once its bytes are in.
      */
+    put(f.v, r, model, 0, block);   /* so that the flush below seals */
     f.stop = 0;
     t = g_thread_new("lock-hog", lock_hog_main, &f);
     memset(model + size - big, 0x5c, big);
@@ -1709,12 +1707,12 @@ static void test_try_write(gconstpointer data)
         if (ret == 0) {
             memset(model + size - big, ++tries, big);
         }
-        g_assert_cmpuint(tries, <, 100);
+        /* Short of PENDING_MAX, where the shipper would seal and wait. */
+        g_assert_cmpuint(tries, <, 8);
     } while (ret != -EINPROGRESS);
     g_atomic_int_set(&f.stop, 1);
     g_thread_join(t);
-    /* With another write pending, a flush seals: it waits for this one. */
-    put(f.v, r, model, 0, block);
+    /* A flush seals: it waits for this write to end. */
     f.stop = 1;
     f.done = 0;
     t = g_thread_new("flusher", flusher_main, &f);
@@ -1733,16 +1731,26 @@ static void test_try_write(gconstpointer data)
                     ==, -EAGAIN);
     g_assert_cmpint(sprite_volume_try_writev(f.v, size - block, 2 * block,
                                              &iov, 1, &w), ==, -EAGAIN);
-    signal(SIGXFSZ, SIG_IGN);
-    g_assert_cmpint(getrlimit(RLIMIT_FSIZE, &fsize), ==, 0);
-    small.rlim_max = fsize.rlim_max;
-    g_assert_cmpint(setrlimit(RLIMIT_FSIZE, &small), ==, 0);
-    ret = sprite_volume_try_writev(f.v, 0, block, &iov, 1, &w);
+    /* The log file failing (/dev/full put in its place for one write). */
+    full = open("/dev/full", O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(full, >=, 0);
+    g_mutex_lock(&f.v->lock);
+    logfd = dup(f.v->pend_fd);
+    g_assert_cmpint(dup2(full, f.v->pend_fd), ==, f.v->pend_fd);
+    g_mutex_unlock(&f.v->lock);
+    while ((ret = sprite_volume_try_writev(f.v, 0, block, &iov, 1, &w)) ==
+           -EAGAIN) {
+        g_usleep(100);      /* the shipper holds the lock */
+    }
     if (ret == -EINPROGRESS) {
         ret = try_write_end(f.v, &w);
     }
-    g_assert_cmpint(setrlimit(RLIMIT_FSIZE, &fsize), ==, 0);
-    g_assert_cmpint(ret, ==, -EFBIG);
+    g_mutex_lock(&f.v->lock);
+    g_assert_cmpint(dup2(logfd, f.v->pend_fd), ==, f.v->pend_fd);
+    g_mutex_unlock(&f.v->lock);
+    close(logfd);
+    close(full);
+    g_assert_cmpint(ret, ==, -ENOSPC);
     g_assert_cmpuint(info_numbers(f.v).pending_bytes, ==, before);
     read_all_equal(f.v, model, size);
     flush_ok(f.v);

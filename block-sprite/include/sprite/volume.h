@@ -115,8 +115,8 @@ int sprite_volume_writev(SpriteVolume *v, uint64_t offset, uint64_t len,
  * that counts, and the caller then calls sprite_volume_writev(); or
  * -EINPROGRESS when the bytes are in the log but the lock was busy for
  * mapping them: the caller then calls sprite_volume_try_write_end() with
- * @w, after a pause, until it returns something else.  Meanwhile flushes
- * and checkpoints of @v wait, so the caller must not wait for them.  Two
+ * @w, after a pause, until it returns something else.  Meanwhile a flush
+ * of @v waits (its seal does), so the caller must not wait for one.  Two
  * writes of the same bytes in flight at once end in either order.
  */
 typedef struct SpriteWrite {    /* for sprite_volume_try_write_end() */
