@@ -430,11 +430,11 @@ static int coroutine_fn sprite_co_io(BlockDriverState *bs, SpriteOp op,
 }
 
 /*
- * Writes up to this size are copied into the log from the coroutine: a
- * larger copy would hold up the event loop (and the kernel may make the
- * writer sleep to throttle dirty pages).
+ * Reads and writes up to this size are copied from the cache or into the
+ * log from the coroutine: a larger copy would hold up the event loop
+ * (and the kernel may make a writer sleep to throttle dirty pages).
  */
-#define SPRITE_CO_WRITE_MAX (1 * MiB)
+#define SPRITE_CO_IO_MAX (1 * MiB)
 /* The first and the longest pause before trying the volume lock again. */
 #define SPRITE_CO_RETRY_MIN_NS (10 * SCALE_US)
 #define SPRITE_CO_RETRY_MAX_NS (1 * SCALE_MS)
@@ -447,11 +447,12 @@ sprite_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
 
     /*
      * Data written here or already in the cache is read right here, like
-     * a local file: only what needs the network (or a wait for a lock)
-     * goes to the thread pool.
+     * a local file: only what needs the network (or a wait for a lock),
+     * and large reads, go to the thread pool.
      */
     sprite_fault_in(qiov);
-    if (sprite_volume_try_readv(s->vol, offset, bytes, qiov->iov,
+    if (bytes <= SPRITE_CO_IO_MAX &&
+        sprite_volume_try_readv(s->vol, offset, bytes, qiov->iov,
                                 qiov->niov) == 0) {
         return 0;
     }
@@ -475,7 +476,7 @@ sprite_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
      * behind writes that wait for a seal, which waits for it.
      */
     sprite_fault_in(qiov);
-    if (bytes <= SPRITE_CO_WRITE_MAX) {
+    if (bytes <= SPRITE_CO_IO_MAX) {
         ret = sprite_volume_try_writev(s->vol, offset, bytes, qiov->iov,
                                        qiov->niov, &w);
     }
