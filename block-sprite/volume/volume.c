@@ -3217,22 +3217,33 @@ static gboolean warm_seg_equal(gconstpointer a, gconstpointer b)
     return x->vol == y->vol && x->seg == y->seg;
 }
 
-/* Does the cache hold most of the segments that @runs read from? */
+/*
+ * Does the cache hold most of what @runs read?  Counted in bytes, each
+ * run as its segment is (sprite_segcache_mostly_cached()): a checkpoint's
+ * VM state is often one large segment and a few small ones.
+ */
 static bool warm_mostly_cached(GArray *runs)
 {
-    g_autoptr(GHashTable) segs = g_hash_table_new(warm_seg_hash,
+    g_autoptr(GHashTable) cold = g_hash_table_new(warm_seg_hash,
                                                   warm_seg_equal);
-    guint i, cached = 0;
+    g_autoptr(GHashTable) warm = g_hash_table_new(warm_seg_hash,
+                                                  warm_seg_equal);
+    uint64_t cached = 0, total = 0;
+    guint i;
 
     for (i = 0; i < runs->len; i++) {
         WarmRun *r = &g_array_index(runs, WarmRun, i);
 
-        if (g_hash_table_add(segs, r) &&
-            sprite_segcache_mostly_cached(r->vol->cache, r->seg)) {
-            cached++;
+        if (!g_hash_table_contains(warm, r) &&
+            !g_hash_table_contains(cold, r)) {
+            g_hash_table_add(sprite_segcache_mostly_cached(r->vol->cache,
+                                                           r->seg) ?
+                             warm : cold, r);
         }
+        total += r->len;
+        cached += g_hash_table_contains(warm, r) ? r->len : 0;
     }
-    return cached * 2 > g_hash_table_size(segs);
+    return cached * 2 > total;
 }
 
 /*

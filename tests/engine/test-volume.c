@@ -471,6 +471,8 @@ static void test_restore_set(gconstpointer data)
     g_autofree char *cache2 = g_strdup_printf("%s-2", cache);
     g_autofree char *cache3 = g_strdup_printf("%s-3", cache);
     g_autofree char *cache4 = g_strdup_printf("%s-4", cache);
+    g_autofree char *cache5 = g_strdup_printf("%s-5", cache);
+    g_autofree char *cache6 = g_strdup_printf("%s-6", cache);
     g_autofree char *curl = NULL, *ccache = NULL;
     SpriteVolumeOptions co = opts(b, &curl, &ccache);
     g_autofree uint8_t *vm = NULL;
@@ -478,7 +480,10 @@ static void test_restore_set(gconstpointer data)
     GRand *r = g_rand_new_with_seed(14);
     SpriteCheckpoint c1 = { .name = (char *)"c1", .vm_state_size = vmlen,
                             .icount = -1 };
+    SpriteCheckpoint c2 = { .name = (char *)"c2", .vm_state_size = vmlen,
+                            .icount = -1 };
     SpriteVolume *v, *clone;
+    int i;
 
     g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
                     0);
@@ -540,6 +545,33 @@ static void test_restore_set(gconstpointer data)
     goto_fetches(clone, "c1", ccache, 2 * mib);
     vmstate_range_equal(clone, vm, 0, vmlen);
     sprite_volume_close(clone);
+
+    /*
+     * A goto weighs what the cache holds in bytes: c2's VM state is c1's
+     * large segment, not cached here, and three small ones written here
+     * (so cached): it records.
+     */
+    o.cache_dir = cache5;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    for (i = 0; i < 3; i++) {
+        struct iovec iov = { vm + (1 + 2 * i) * mib, 4096 };
+
+        fill_random(r, iov.iov_base, iov.iov_len);
+        g_assert_cmpint(sprite_volume_vmstate_writev(v, (1 + 2 * i) * mib,
+                                                     4096, &iov, 1, &err),
+                        ==, 0);
+        g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
+    }
+    g_assert_cmpint(sprite_volume_checkpoint_create(v, &c2, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
+    g_assert_cmpint(sprite_volume_checkpoint_goto(v, "c2", &err), ==, 0);
+    vmstate_range_equal(v, vm, 4 * mib, 4096);
+    sprite_volume_close(v);
+    o.cache_dir = cache6;
+    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
+    g_assert_cmpuint(listed(v, "c2").restore_set_bytes, ==, mib);
+    vmstate_range_equal(v, vm, 0, vmlen);
+    sprite_volume_close(v);
     g_rand_free(r);
 }
 
