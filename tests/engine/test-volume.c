@@ -1607,20 +1607,6 @@ static void test_log_reuse(gconstpointer data)
     g_rand_free(r);
 }
 
-/* Make @v use @os (for no upload in flight); returns the store it used. */
-static SpriteObjstore *swap_store(SpriteVolume *v, SpriteObjstore *os)
-{
-    SpriteObjstore *old;
-
-    g_mutex_lock(&v->flush_lock);
-    g_mutex_lock(&v->lock);
-    old = v->os;
-    v->os = os;
-    g_mutex_unlock(&v->lock);
-    g_mutex_unlock(&v->flush_lock);
-    return old;
-}
-
 /*
  * A checkpoint that is not on the store yet is deleted without asking it
  * (no volume can have been created from it): with the volume's store
@@ -1657,7 +1643,12 @@ static void test_delete_unstored(gconstpointer data)
     g_assert_nonnull(dead_url);
     cfg.url = dead_url;
     g_assert_cmpint(sprite_objstore_open(&cfg, &dead, &err), ==, 0);
-    live = swap_store(v, dead);
+    g_mutex_lock(&v->flush_lock);
+    g_mutex_lock(&v->lock);
+    live = v->os;
+    v->os = dead;
+    g_mutex_unlock(&v->lock);
+    g_mutex_unlock(&v->flush_lock);
 
     g_assert_cmpint(sprite_volume_checkpoint_create(v, &fresh, &err), ==, 0);
     g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "fresh", &err),
@@ -1667,7 +1658,11 @@ static void test_delete_unstored(gconstpointer data)
                     <, 0);
     g_clear_error(&err);
 
-    swap_store(v, live);
+    g_mutex_lock(&v->flush_lock);
+    g_mutex_lock(&v->lock);
+    v->os = live;
+    g_mutex_unlock(&v->lock);
+    g_mutex_unlock(&v->flush_lock);
     g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
     sprite_volume_close(v);
     sprite_objstore_close(dead);    /* the shipper may have used it */
