@@ -3414,24 +3414,12 @@ static int any_key_cb(const char *key, uint64_t size, void *opaque)
     return 1;
 }
 
-/*
- * Whether other hosts may see checkpoint @c: its record is on the store,
- * or on its way there.  Volumes can be created only from such a one; the
- * others (the undo checkpoint of a loadvm, say) have no holds to look
- * for.  Called with v->lock held.
- */
-static bool ckpt_maybe_stored(SpriteVolume *v, const Ckpt *c)
-{
-    return c->seq <= (v->sealed ? v->sealed->h->seq : v->seq);
-}
-
 int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
                                     const char *name, GError **errp)
 {
     SpriteRecord r = { .kind = SPRITE_REC_DELETE };
     g_autofree char *prefix = NULL;
-    g_autofree char *sid = NULL;
-    bool stored = false;
+    g_autofree char *hold = NULL;
     Ckpt *c;
     int ret;
 
@@ -3440,7 +3428,6 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
     c = ret < 0 ? NULL : find_ckpt(v, id, name);
     if (c) {
         r.offset = c->pub.id;
-        stored = ckpt_maybe_stored(v, c);
     }
     g_mutex_unlock(&v->lock);
     if (ret < 0) {
@@ -3451,52 +3438,44 @@ int sprite_volume_checkpoint_delete(SpriteVolume *v, const char *id,
                     "checkpoint '%s'", v->url_str, name ? name : id);
         return -ENOENT;
     }
+
+    /* Volumes created from the checkpoint leave a hold on it. */
     prefix = sprite_key_holds(v->url->volume, r.offset);
-    sid = g_strdup_printf("%" G_GUINT64_FORMAT, r.offset);
-
-    for (;;) {
-        /* Volumes created from the checkpoint leave a hold on it. */
-        if (stored) {
-            g_autofree char *hold = NULL;
-
-            ret = sprite_objstore_list(v->os, prefix, NULL, any_key_cb,
-                                       &hold, errp);
-            if (ret < 0) {
-                return ret;
-            }
-            if (hold) {
-                g_set_error(errp, SPRITE_ERROR, EBUSY, "checkpoint '%s' of "
-                            "volume '%s' cannot be deleted: volumes were "
-                            "created from it (their holds are under %s)",
-                            name ? name : id, v->url_str, prefix);
-                return -EBUSY;
-            }
-        }
-        g_mutex_lock(&v->lock);
-        ret = check_writable(v, errp);
-        c = ret < 0 ? NULL : find_ckpt(v, sid, NULL);
-        if (!c || stored || !ckpt_maybe_stored(v, c)) {
-            break;
-        }
-        /* Uploaded meanwhile: look for holds after all. */
-        g_mutex_unlock(&v->lock);
-        stored = true;
+    ret = sprite_objstore_list(v->os, prefix, NULL, any_key_cb, &hold, errp);
+    if (ret < 0) {
+        return ret;
     }
-    if (c) {
-        g_array_append_val(v->records, r);
-        kick_shipper(v);
-        if (v->vm_ckpt && v->vm_ckpt_id == r.offset) {
-            g_hash_table_unref(v->vm_ckpt);
-            v->vm_ckpt = NULL;
+    if (hold) {
+        g_set_error(errp, SPRITE_ERROR, EBUSY, "checkpoint '%s' of volume "
+                    "'%s' cannot be deleted: volumes were created from it "
+                    "(their holds are under %s)", name ? name : id,
+                    v->url_str, prefix);
+        return -EBUSY;
+    }
+
+    g_mutex_lock(&v->lock);
+    ret = check_writable(v, errp);
+    if (ret == 0) {
+        g_autofree char *sid = g_strdup_printf("%" G_GUINT64_FORMAT,
+                                               r.offset);
+
+        c = find_ckpt(v, sid, NULL);
+        if (c) {
+            g_array_append_val(v->records, r);
+            kick_shipper(v);
+            if (v->vm_ckpt && v->vm_ckpt_id == r.offset) {
+                g_hash_table_unref(v->vm_ckpt);
+                v->vm_ckpt = NULL;
+            }
+            if (v->rec_id == r.offset) {
+                /* Not to be stored for a later checkpoint of this ID. */
+                __atomic_store_n(&v->rec_id, 0, __ATOMIC_RELAXED);
+                g_array_set_size(v->rec_units, 0);
+            }
+            g_mutex_lock(&v->ckpt_lock);
+            g_ptr_array_remove(v->ckpts, c);
+            g_mutex_unlock(&v->ckpt_lock);
         }
-        if (v->rec_id == r.offset) {
-            /* Not to be stored for a later checkpoint of this ID. */
-            __atomic_store_n(&v->rec_id, 0, __ATOMIC_RELAXED);
-            g_array_set_size(v->rec_units, 0);
-        }
-        g_mutex_lock(&v->ckpt_lock);
-        g_ptr_array_remove(v->ckpts, c);
-        g_mutex_unlock(&v->ckpt_lock);
     }
     g_mutex_unlock(&v->lock);
     return ret;

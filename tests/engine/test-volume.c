@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <string.h>
@@ -1607,77 +1606,6 @@ static void test_log_reuse(gconstpointer data)
     g_rand_free(r);
 }
 
-/*
- * A checkpoint that is not on the store yet is deleted without asking it
- * (no volume can have been created from it): with the volume's store
- * unreachable, deleting one taken meanwhile works, deleting one already
- * stored fails (its holds cannot be listed), and once the store is back
- * both the first deletion and the kept checkpoint are stored.
- */
-static void test_delete_unstored(gconstpointer data)
-{
-    const Backend *b = data;
-    g_autofree char *url = NULL, *cache = NULL;
-    SpriteVolumeOptions o = opts(b, &url, &cache);
-    g_autoptr(SpriteUrl) dead_url = NULL;
-    SpriteObjstoreConfig cfg = { .retry_ms = UINT_MAX };
-    SpriteCheckpoint kept = { .name = (char *)"kept", .icount = -1 };
-    SpriteCheckpoint fresh = { .name = (char *)"fresh", .icount = -1 };
-    g_autoptr(GError) err = NULL;
-    g_autofree uint8_t *model = g_malloc0(1 << 20);
-    SpriteObjstore *dead, *live;
-    SpriteCheckpoint *list;
-    GRand *r = g_rand_new_with_seed(15);
-    SpriteVolume *v;
-    size_t n;
-
-    g_assert_cmpint(sprite_volume_create(&o, 1 << 20, NULL, NULL, &err), ==,
-                    0);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    put(v, r, model, 0, 65536);
-    g_assert_cmpint(sprite_volume_checkpoint_create(v, &kept, &err), ==, 0);
-    g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
-
-    /* Nothing listens on port 1. */
-    dead_url = sprite_url_parse("sprite+http://127.0.0.1:1/none/vol", &err);
-    g_assert_nonnull(dead_url);
-    cfg.url = dead_url;
-    g_assert_cmpint(sprite_objstore_open(&cfg, &dead, &err), ==, 0);
-    g_mutex_lock(&v->flush_lock);
-    g_mutex_lock(&v->lock);
-    live = v->os;
-    v->os = dead;
-    g_mutex_unlock(&v->lock);
-    g_mutex_unlock(&v->flush_lock);
-
-    g_assert_cmpint(sprite_volume_checkpoint_create(v, &fresh, &err), ==, 0);
-    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "fresh", &err),
-                    ==, 0);
-    g_assert_no_error(err);
-    g_assert_cmpint(sprite_volume_checkpoint_delete(v, NULL, "kept", &err),
-                    <, 0);
-    g_clear_error(&err);
-
-    g_mutex_lock(&v->flush_lock);
-    g_mutex_lock(&v->lock);
-    v->os = live;
-    g_mutex_unlock(&v->lock);
-    g_mutex_unlock(&v->flush_lock);
-    g_assert_cmpint(sprite_volume_flush_all(v, &err), ==, 0);
-    sprite_volume_close(v);
-    sprite_objstore_close(dead);    /* the shipper may have used it */
-
-    rm_rf(cache);
-    g_assert_cmpint(sprite_volume_open(&o, &v, &err), ==, 0);
-    sprite_volume_checkpoint_list(v, &list, &n);
-    g_assert_cmpuint(n, ==, 1);
-    g_assert_cmpstr(list[0].name, ==, "kept");
-    sprite_checkpoints_free(list, n);
-    read_all_equal(v, model, 1 << 20);
-    sprite_volume_close(v);
-    g_rand_free(r);
-}
-
 /* Flushes @v over and over, keeping its lock busy, until told to stop. */
 typedef struct Flusher {
     SpriteVolume *v;
@@ -2233,8 +2161,7 @@ int main(int argc, char **argv)
                             "gc", "gc-readers", "gc-race",
                             "vmstate-dedup", "vmstate-in-place",
                             "concurrent-writers", "try-read",
-                            "try-write", "log-reuse", "delete-unstored",
-                            "restore-set" };
+                            "try-write", "log-reuse", "restore-set" };
     GTestDataFunc fns[] = { test_differential, test_flush_durable,
                             test_clone, test_errors, test_corrupt,
                             test_newer_format, test_lease_expiry,
@@ -2243,7 +2170,7 @@ int main(int argc, char **argv)
                             test_vmstate_dedup, test_vmstate_in_place,
                             test_concurrent_writers, test_try_read,
                             test_try_write, test_log_reuse,
-                            test_delete_unstored, test_restore_set };
+                            test_restore_set };
     int i, j, ret;
 
     g_test_init(&argc, &argv, NULL);
