@@ -49,8 +49,8 @@
 
 #include <curl/curl.h>
 #include <libxml/parser.h>
-#include <openssl/evp.h>
 #include <libxml/tree.h>
+#include <openssl/evp.h>
 
 #include "objstore/objstore-int.h"
 

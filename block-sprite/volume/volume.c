@@ -3224,24 +3224,23 @@ static gboolean warm_seg_equal(gconstpointer a, gconstpointer b)
  */
 static bool warm_mostly_cached(GArray *runs)
 {
-    g_autoptr(GHashTable) cold = g_hash_table_new(warm_seg_hash,
-                                                  warm_seg_equal);
-    g_autoptr(GHashTable) warm = g_hash_table_new(warm_seg_hash,
+    /* Each segment asked once: is it mostly cached? */
+    g_autoptr(GHashTable) segs = g_hash_table_new(warm_seg_hash,
                                                   warm_seg_equal);
     uint64_t cached = 0, total = 0;
     guint i;
 
     for (i = 0; i < runs->len; i++) {
         WarmRun *r = &g_array_index(runs, WarmRun, i);
+        gpointer warm;
 
-        if (!g_hash_table_contains(warm, r) &&
-            !g_hash_table_contains(cold, r)) {
-            g_hash_table_add(sprite_segcache_mostly_cached(r->vol->cache,
-                                                           r->seg) ?
-                             warm : cold, r);
+        if (!g_hash_table_lookup_extended(segs, r, NULL, &warm)) {
+            warm = GINT_TO_POINTER(
+                sprite_segcache_mostly_cached(r->vol->cache, r->seg));
+            g_hash_table_insert(segs, r, warm);
         }
         total += r->len;
-        cached += g_hash_table_contains(warm, r) ? r->len : 0;
+        cached += warm ? r->len : 0;
     }
     return cached * 2 > total;
 }
